@@ -7,3 +7,7 @@ other exception is a bug and keeps its traceback.
 
 class InputError(ValueError):
     """Bad input from the user: a config value, a data file, a model path."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""

@@ -1,0 +1,108 @@
+"""`undial`: the command line. Bad input -> one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from trainables.errors import InputError, TrainingDiverged
+
+
+def _split_config(args) -> tuple[str | None, list[str]]:
+    """`unlearn CONFIG k=v ...` or `unlearn --demo k=v ...`: the first positional is the
+    config unless --demo is given or it looks like an override."""
+    positional = list(args.args)
+    if getattr(args, "demo", False) or not positional or "=" in positional[0]:
+        return None, positional
+    return positional[0], positional[1:]
+
+
+def cmd_demo(args) -> int:
+    from trainables.demo import build_demo, default_demo_dir
+
+    path = build_demo(args.dir or default_demo_dir(args.seed, args.size), seed=args.seed, size=args.size,
+                      force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from orchestrator.unlearn import resolve_config, run_unlearn_job
+
+    config_path, overrides = _split_config(args)
+    cfg = resolve_config(config_path, overrides, args.demo)
+    run_unlearn_job(cfg, args.output, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from orchestrator.unlearn import evaluate_path, format_report, resolve_config, staged_output, write_json
+    from trainables.data import load_datasets
+    from trainables.models import load_tokenizer
+
+    config_path, overrides = _split_config(args)
+    cfg = resolve_config(config_path, overrides, args.demo)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = load_datasets(cfg.data, tokenizer, need_retain=False)
+    with staged_output(args.output, args.overwrite) as stage:
+        metrics = evaluate_path(cfg, args.model, data, tokenizer)
+        write_json(stage / "metrics.json", {"model": args.model or cfg.model.name_or_path, "metrics": metrics})
+    print(format_report({"before": metrics, "after": metrics}).replace("before", "value ", 1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="undial", description="UnDIAL unlearning, sweeps and tracking.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build the offline demo (cached) and print where it is")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--size", choices=["full", "tiny"], default="full")
+    demo.add_argument("--dir", help="build here instead of the cache folder")
+    demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    demo.set_defaults(func=cmd_demo)
+
+    unlearn = sub.add_parser("unlearn", help="run one unlearning job and report before/after")
+    unlearn.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value",
+                         help="a config file, then overrides like train.lr=1e-4")
+    unlearn.add_argument("--demo", action="store_true", help="use the built-in offline demo's config")
+    unlearn.add_argument("--output", required=True, help="folder for metrics.json, the model, the config")
+    unlearn.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    unlearn.set_defaults(func=cmd_unlearn)
+
+    ev = sub.add_parser("eval", help="evaluate a model or adapter folder with the evaluation suite")
+    ev.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+    ev.add_argument("--demo", action="store_true")
+    ev.add_argument("--model", help="model or adapter folder (default: the config's model)")
+    ev.add_argument("--output", required=True)
+    ev.add_argument("--overwrite", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    try:
+        from orchestrator.sweep_cli import add_sweep_commands
+    except ImportError:
+        pass
+    else:
+        add_sweep_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""One typed config for an unlearning run, loaded from YAML.
+
+Every section is a dataclass; `load_config` builds them from plain dicts,
+refusing unknown keys and wrong types with one line that names the key
+(`train.lr: expected a number > 0, got -1`). CLI overrides are
+`key.sub=value` strings whose values are parsed as YAML scalars.
+
+The module is pure (PyYAML and dataclasses only) so a worker process can
+rebuild the typed config from the plain dict Ray hands it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from trainables.errors import InputError
+from trainables.subsets import SubsetSpec
+
+DEMO_PREFIX = "demo:"  # "demo:model" -> <built demo dir>/model
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "demo:model"
+    tokenizer: str | None = None  # default: the model's own
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: a default per architecture family
+
+    def validate(self, path: str) -> None:
+        _check(self.rank >= 1, f"{path}.rank", "expected an integer >= 1", self.rank)
+        _check(self.alpha > 0, f"{path}.alpha", "expected a number > 0", self.alpha)
+        _check(0 <= self.dropout < 1, f"{path}.dropout", "expected a number in [0, 1)", self.dropout)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "undial"
+    gamma: float = 10.0
+    subset: SubsetSpec = field(default_factory=SubsetSpec)
+    retain_weight: float = 0.0  # alpha of an optional retain-set NLL term
+    teacher: Literal["live", "cached"] = "live"  # full fine-tuning only; LoRA disables adapters
+    teacher_cache_max_gb: float = 4.0
+    npo_beta: float = 0.1
+
+    def validate(self, path: str) -> None:
+        from trainables.methods import METHODS
+
+        _check(self.name in METHODS, f"{path}.name", f"unknown method (choose from {', '.join(METHODS)})",
+               self.name)
+        _check(self.gamma >= 0, f"{path}.gamma", "expected a number >= 0", self.gamma)
+        _check(self.retain_weight >= 0, f"{path}.retain_weight", "expected a number >= 0", self.retain_weight)
+        _check(self.teacher_cache_max_gb > 0, f"{path}.teacher_cache_max_gb", "expected a number > 0",
+               self.teacher_cache_max_gb)
+        _check(self.npo_beta > 0, f"{path}.npo_beta", "expected a number > 0", self.npo_beta)
+
+
+@dataclass
+class DataConfig:
+    forget: str = "demo:data/forget.jsonl"
+    retain: str | None = "demo:data/retain.jsonl"   # optional retain NLL term
+    heldout: str | None = "demo:data/heldout.jsonl"  # held-out text of the retain kind: perplexity
+    unseen: str | None = "demo:data/unseen.jsonl"    # never-trained forget-like records: thresholds
+    prompts: str | None = "demo:data/prompts.jsonl"  # held-out prose: MAUVE prompts
+    format: Literal["auto", "jsonl", "text", "parquet", "csv", "npy", "hub"] = "auto"
+    text_field: str = "text"
+    spans_field: str = "spans"
+    max_length: int = 64
+    min_length: int = 8
+    max_records: int | None = None  # cap for retain / heldout / prompts (eval cost)
+
+    def validate(self, path: str) -> None:
+        _check(self.max_length >= 2, f"{path}.max_length", "expected an integer >= 2", self.max_length)
+        _check(1 <= self.min_length <= self.max_length, f"{path}.min_length",
+               "expected an integer in [1, max_length]", self.min_length)
+        _check(self.max_records is None or self.max_records >= 1, f"{path}.max_records",
+               "expected an integer >= 1", self.max_records)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    max_steps: int | None = 300
+    epochs: float | None = None  # used when max_steps is null
+    batch_size: int = 8          # global batch: micro_batch_size x grad_accum x workers
+    micro_batch_size: int | None = None  # per worker and forward pass; default: batch_size / workers
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    eval_every: int = 25
+    select: Literal["best", "last"] = "best"
+    max_ppl_factor: float = 1.10  # "best": lowest forget MA with held-out ppl within this factor
+    stop_when: Literal["never", "threshold"] = "never"
+    stop_ppl_factor: float | None = None  # early stop when held-out ppl rises past this factor
+    log_every: int = 10
+
+    def validate(self, path: str) -> None:
+        _check(self.lr > 0, f"{path}.lr", "expected a number > 0", self.lr)
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", "expected a number >= 0", self.weight_decay)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{path}.betas",
+               "expected two numbers in [0, 1)", self.betas)
+        _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "expected an integer >= 0", self.warmup_steps)
+        _check(self.max_steps is not None or self.epochs is not None, f"{path}.max_steps",
+               "set max_steps or epochs", self.max_steps)
+        _check(self.max_steps is None or self.max_steps >= 1, f"{path}.max_steps", "expected an integer >= 1",
+               self.max_steps)
+        _check(self.epochs is None or self.epochs > 0, f"{path}.epochs", "expected a number > 0", self.epochs)
+        _check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
+        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{path}.micro_batch_size",
+               "expected an integer >= 1", self.micro_batch_size)
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, f"{path}.max_grad_norm",
+               "expected a number > 0", self.max_grad_norm)
+        _check(self.eval_every >= 1, f"{path}.eval_every", "expected an integer >= 1", self.eval_every)
+        _check(self.max_ppl_factor >= 1, f"{path}.max_ppl_factor", "expected a number >= 1",
+               self.max_ppl_factor)
+        _check(self.stop_ppl_factor is None or self.stop_ppl_factor >= 1, f"{path}.stop_ppl_factor",
+               "expected a number >= 1", self.stop_ppl_factor)
+        _check(self.log_every >= 1, f"{path}.log_every", "expected an integer >= 1", self.log_every)
+
+
+@dataclass
+class MauveConfig:
+    enabled: bool = True
+    featurizer: str = "all-MiniLM-L6-v2"
+    max_prompts: int = 200
+    prompt_tokens: int = 24
+    new_tokens: int = 24
+    do_sample: bool = False
+
+    def validate(self, path: str) -> None:
+        _check(self.max_prompts >= 2, f"{path}.max_prompts", "expected an integer >= 2", self.max_prompts)
+        _check(self.prompt_tokens >= 1, f"{path}.prompt_tokens", "expected an integer >= 1", self.prompt_tokens)
+        _check(self.new_tokens >= 1, f"{path}.new_tokens", "expected an integer >= 1", self.new_tokens)
+
+
+@dataclass
+class EvalConfig:
+    el_n: list[int] = field(default_factory=lambda: [3, 10])
+    prefix_stride: int = 1
+    batch_size: int = 32
+    mauve: MauveConfig = field(default_factory=MauveConfig)
+    mia: bool = True
+    progress: bool = False
+
+    def validate(self, path: str) -> None:
+        _check(len(self.el_n) >= 1 and all(n >= 1 for n in self.el_n), f"{path}.el_n",
+               "expected a list of integers >= 1", self.el_n)
+        _check(self.prefix_stride >= 1, f"{path}.prefix_stride", "expected an integer >= 1", self.prefix_stride)
+        _check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    zero_stage: int = 2
+    deepspeed_config: str | None = None  # a user DeepSpeed JSON merged over ours
+
+    def validate(self, path: str) -> None:
+        _check(self.num_workers >= 1, f"{path}.num_workers", "expected an integer >= 1", self.num_workers)
+        _check(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "expected 0, 1, 2 or 3", self.zero_stage)
+        _check(self.strategy != "none" or self.num_workers == 1, f"{path}.strategy",
+               "num_workers > 1 needs a strategy (ddp, fsdp or deepspeed)", self.strategy)
+
+
+@dataclass
+class RunConfig:
+    name: str = "undial"
+    storage_path: str | None = None  # Ray Train storage; default <output>/ray
+    checkpoint_every: int | None = None  # default: every eval
+    max_failures: int = 0
+    resume_from: str | None = None  # a checkpoint folder (torchrun / local runs)
+    fail_at_step: int | None = None  # test hook: rank 1 exits at this step (first attempt only)
+
+    def validate(self, path: str) -> None:
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1, f"{path}.checkpoint_every",
+               "expected an integer >= 1", self.checkpoint_every)
+        _check(self.max_failures >= -1, f"{path}.max_failures", "expected an integer >= -1", self.max_failures)
+
+
+@dataclass
+class UnlearnConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self, path: str = "") -> None:
+        if self.train.stop_when == "threshold":
+            _check(self.data.unseen is not None, "train.stop_when",
+                   "'threshold' needs data.unseen (the thresholds come from it)", self.train.stop_when)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def uses_demo(self) -> bool:
+        return any(isinstance(v, str) and v.startswith(DEMO_PREFIX) for v in _leaves(self.to_dict()))
+
+
+# --------------------------------------------------------------------------------------------
+# Generic dict -> dataclass conversion with checked types.
+
+
+def _check(ok: bool, key: str, expectation: str, value: Any) -> None:
+    if not ok:
+        raise InputError(f"{key}: {expectation}, got {value!r}")
+
+
+def _leaves(tree: Any):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + " or null"
+    if origin in (list, tuple):
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except InputError:
+                pass
+        raise InputError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise InputError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if origin is tuple and isinstance(value, str):
+                value = [value]
+            else:
+                raise InputError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        inner = get_args(tp)[0]
+        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = get_args(tp)
+        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise InputError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys; then validate."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = f"{path}.{key}" if path else key
+            raise InputError(f"{full}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            full = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], full)
+    try:
+        obj = cls(**kwargs)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path or 'config'}: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(path)
+    return obj
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists: what YAML and Ray carry."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# YAML and overrides.
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"{'.'.join(parts[:depth + 1])}: not a section, cannot set {key}")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> UnlearnConfig:
+    """YAML file (or `base` dict) + overrides -> validated UnlearnConfig."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = read_yaml(path)
+    apply_overrides(data, list(overrides or []))
+    return from_dict(UnlearnConfig, data)
+
+
+def resolve_demo_paths(cfg_dict: dict[str, Any], demo_dir: Path) -> dict[str, Any]:
+    """Replace every "demo:REL" string with the absolute path under the built demo."""
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and node.startswith(DEMO_PREFIX):
+            return str(demo_dir / node[len(DEMO_PREFIX):])
+        return node
+
+    return walk(cfg_dict)
+
+
+def dump_yaml(cfg: UnlearnConfig | dict[str, Any]) -> str:
+    data = cfg.to_dict() if isinstance(cfg, UnlearnConfig) else cfg
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,513 @@
+"""The UnDIAL recipe: setup, train, save — one function per worker.
+
+`train_fn_per_worker(config_dict)` is plain PyTorch + torch.distributed: it runs
+in one process, under `torchrun --nproc-per-node N -m trainables.train_loop`, and
+under Ray Train's TorchTrainer (the launcher in orchestrator/ passes it).
+
+The global batch is fixed by the config whatever the worker count: every global
+batch is cut into micro-batches (micro_batch_size x grad_accum x workers) and each
+micro-batch loss is normalised by the global batch's weight sum, so 1 process and
+N workers take the same optimiser steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.data import DataSets, TokenizedSet, load_datasets
+from trainables.distributed import Strategy, WorkerContext, make_strategy
+from trainables.errors import InputError, TrainingDiverged
+from trainables.methods import FineTune, build_method, token_nll_sum
+from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora,
+                               count_parameters, load_causal_lm, load_tokenizer)
+from trainables.subsets import describe_selection, select_positions, selection_weights
+from trainables.undial import weight_sum
+
+CHECKPOINT_FILE = "train_state.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class BatchPlan:
+    """Which examples each rank sees at each step: a seeded permutation stream, cut into
+    global batches, cut into micro-batches; rank r takes micro-batches [r*accum, (r+1)*accum)."""
+    num_examples: int
+    batch_size: int
+    micro_batch_size: int
+    world_size: int
+    rank: int
+    seed: int
+
+    @property
+    def grad_accum(self) -> int:
+        return self.batch_size // (self.micro_batch_size * self.world_size)
+
+    def global_batch(self, step: int) -> list[int]:
+        start = step * self.batch_size
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), self.num_examples)
+            order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
+            take = min(self.num_examples - offset, self.batch_size - len(out))
+            out.extend(order[offset:offset + take].tolist())
+        return out
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        batch = self.global_batch(step)
+        m = self.micro_batch_size
+        mine = range(self.rank * self.grad_accum, (self.rank + 1) * self.grad_accum)
+        return [batch[i * m:(i + 1) * m] for i in mine]
+
+
+def make_batch_plan(num_examples: int, train_cfg, world_size: int, rank: int, seed_offset: int = 0) -> BatchPlan:
+    micro = train_cfg.micro_batch_size or max(1, train_cfg.batch_size // world_size)
+    if train_cfg.batch_size % (micro * world_size):
+        raise InputError(f"train.batch_size: {train_cfg.batch_size} is not a multiple of micro_batch_size "
+                         f"({micro}) x workers ({world_size})")
+    return BatchPlan(num_examples, train_cfg.batch_size, micro, world_size, rank, train_cfg.seed + seed_offset)
+
+
+def total_steps(train_cfg, num_examples: int) -> int:
+    if train_cfg.max_steps is not None:
+        return train_cfg.max_steps
+    return max(1, math.ceil(train_cfg.epochs * num_examples / train_cfg.batch_size))
+
+
+def lr_lambda(train_cfg, steps: int):
+    warmup = train_cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if train_cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        if train_cfg.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting: Ray Train when inside a Ray Train worker, else a local log.
+
+
+class LocalReporter:
+    def __init__(self, ctx: WorkerContext, log=print):
+        self.ctx = ctx
+        self.log = log
+        self.last_checkpoint: str | None = None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        if checkpoint_dir is not None:
+            self.last_checkpoint = checkpoint_dir
+
+    def restore_dir(self, run_cfg) -> str | None:
+        return run_cfg.resume_from
+
+
+class RayReporter(LocalReporter):
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def restore_dir(self, run_cfg) -> str | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return run_cfg.resume_from
+        return checkpoint.to_directory()
+
+
+def in_ray_train_worker() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    try:
+        import ray.train
+
+        ray.train.get_context().get_world_rank()
+        return True
+    except Exception:  # no Ray Train session in this process
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Setup pieces
+
+
+def build_weights(subset_spec, forget: TokenizedSet, model, cfg, tokenizer, log=print) -> torch.Tensor:
+    """Selection of token positions (subset S) as loss weights [N, T]."""
+    reference = None
+    if subset_spec.policy == "reference":
+        if not subset_spec.reference_model:
+            raise InputError("method.subset.reference_model: policy 'reference' needs a reference model")
+        reference = load_causal_lm(subset_spec.reference_model, cfg.model.dtype, cfg.model.trust_remote_code,
+                                   device=next(model.parameters()).device)
+        if reference.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
+            raise InputError("method.subset.reference_model: its vocabulary differs from the model's")
+    if forget.texts is None and subset_spec.policy not in ("all", "reference"):
+        raise InputError(f"method.subset.policy: '{subset_spec.policy}' needs text records; {forget.name} holds "
+                         "token ids only (use all or reference)")
+    selected = select_positions(subset_spec, texts=forget.texts, offsets=forget.offsets,
+                                input_ids=forget.input_ids, attention_mask=forget.attention_mask,
+                                record_spans=forget.spans, model=model, reference_model=reference)
+    del reference
+    stats = describe_selection(selected, forget.attention_mask)
+    if stats["selected_tokens"] == 0 and subset_spec.mode == "hard":
+        raise InputError(f"method.subset.policy: '{subset_spec.policy}' selected no token of the forget set; "
+                         "nothing would be unlearned (check the policy's settings, or use mode: soft)")
+    log(f"subset '{subset_spec.policy}' ({subset_spec.mode}): {stats['selected_tokens']} of "
+        f"{stats['real_tokens']} tokens selected ({stats['fraction']:.1%})")
+    return selection_weights(selected, forget.attention_mask, subset_spec.mode, subset_spec.soft_weight)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    baseline: dict | None = None
+    best_step: int = 0
+    best_score: float = float("inf")
+    best_state: dict | None = None  # trainable weights at best_step (CPU); None = the initial weights
+    stopped: str | None = None
+
+
+def quick_eval(model, data: DataSets, cfg, thresholds: dict | None) -> dict:
+    """What the loop watches every k steps: forget MA, held-out perplexity (and EL_n when the
+    threshold stopping rule needs it)."""
+    from trainables.metrics import extraction_likelihood, memorization_accuracy, perplexity
+
+    was_training = model.training
+    model.eval()
+    bs = cfg.eval.batch_size
+    out = {"forget_ma": memorization_accuracy(model, data.forget.input_ids, data.forget.attention_mask, batch_size=bs)}
+    if data.heldout is not None:
+        out["heldout_ppl"] = perplexity(model, data.heldout.input_ids, data.heldout.attention_mask, batch_size=bs)
+    if thresholds is not None:
+        n = cfg.eval.el_n[0]
+        out[f"forget_el{n}"] = float(extraction_likelihood(model, data.forget.input_ids, n,
+                                                           data.forget.attention_mask,
+                                                           prefix_stride=cfg.eval.prefix_stride, batch_size=bs))
+    model.train(was_training)
+    return out
+
+
+def compute_thresholds(model, data: DataSets, cfg) -> dict:
+    """Jang et al.'s stopping thresholds: EL_n and MA on never-seen records, measured once."""
+    from trainables.metrics import extraction_likelihood, memorization_accuracy
+
+    n = cfg.eval.el_n[0]
+    bs = cfg.eval.batch_size
+    return {"ma": memorization_accuracy(model, data.unseen.input_ids, data.unseen.attention_mask, batch_size=bs),
+            f"el{n}": float(extraction_likelihood(model, data.unseen.input_ids, n, data.unseen.attention_mask,
+                                                  prefix_stride=cfg.eval.prefix_stride, batch_size=bs))}
+
+
+def selection_score(metrics: dict, baseline: dict, train_cfg) -> float:
+    """Lower is better; inf when held-out perplexity broke the allowed factor."""
+    ppl, ppl0 = metrics.get("heldout_ppl"), baseline.get("heldout_ppl")
+    if ppl is not None and ppl0 is not None and not ppl <= train_cfg.max_ppl_factor * ppl0:
+        return float("inf")
+    return metrics["forget_ma"]
+
+
+def should_stop(metrics: dict, baseline: dict, thresholds: dict | None, cfg) -> str | None:
+    tc = cfg.train
+    if tc.stop_ppl_factor is not None and "heldout_ppl" in metrics:
+        if not metrics["heldout_ppl"] <= tc.stop_ppl_factor * baseline["heldout_ppl"]:
+            return f"held-out perplexity rose past {tc.stop_ppl_factor} x the original"
+    if tc.stop_when == "threshold" and thresholds is not None:
+        n = cfg.eval.el_n[0]
+        if metrics["forget_ma"] < thresholds["ma"] and metrics[f"forget_el{n}"] < thresholds[f"el{n}"]:
+            return f"forget MA and EL{n} fell below the unseen-set thresholds"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: one folder, written by rank 0, read by every rank.
+
+
+def save_checkpoint(path: Path, strategy: Strategy, state: TrainState, ctx: WorkerContext) -> None:
+    payload = {"model": strategy.trainable_state(), "optimizer": strategy.optimizer_state(),
+               "scheduler": strategy.scheduler.state_dict(), "step": state.step, "history": state.history,
+               "baseline": state.baseline, "best_step": state.best_step, "best_score": state.best_score,
+               "best_state": state.best_state, "stopped": state.stopped,
+               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                       "python": random.getstate()}}
+    if ctx.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / (CHECKPOINT_FILE + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path / CHECKPOINT_FILE)
+
+
+def load_checkpoint(path: str, strategy: Strategy, state: TrainState) -> None:
+    file = Path(path) / CHECKPOINT_FILE
+    if not file.is_file():
+        raise InputError(f"run.resume_from: {path} holds no {CHECKPOINT_FILE}")
+    payload = torch.load(file, map_location="cpu", weights_only=False)
+    strategy.load_trainable_state(payload["model"])
+    strategy.load_optimizer_state(payload["optimizer"])
+    strategy.scheduler.load_state_dict(payload["scheduler"])
+    for key in ("step", "history", "baseline", "best_step", "best_score", "best_state", "stopped"):
+        setattr(state, key, payload[key])
+    torch.set_rng_state(payload["rng"]["torch"])
+    np.random.set_state(payload["rng"]["numpy"])
+    random.setstate(payload["rng"]["python"])
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe
+
+
+def _stack(tset: TokenizedSet, idx: list[int], device):
+    ids = tset.input_ids[idx].to(device)
+    mask = tset.attention_mask[idx].to(device)
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, reporter: LocalReporter | None = None,
+                   log=print) -> dict:
+    """Setup, train, save. Returns {"history", "best_step", "steps", "stopped", "model_dir"}."""
+    log = log if ctx.is_main else (lambda *a, **k: None)
+    reporter = reporter or LocalReporter(ctx, log)
+    tc = cfg.train
+    seed_everything(tc.seed)
+
+    # ---- setup: tokenizer, data, model, subset weights, teacher, strategy
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
+                               cfg.model.revision)
+    method = build_method(cfg.method)
+    data = load_datasets(cfg.data, tokenizer, need_retain=cfg.method.retain_weight > 0)
+    if cfg.method.retain_weight > 0 and data.retain is None:
+        raise InputError("method.retain_weight: > 0 needs data.retain")
+    model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                           cfg.model.revision, device=ctx.device)
+    model.config.use_cache = False
+    forget = data.forget
+    weights = build_weights(cfg.method.subset, forget, model, cfg, tokenizer, log)
+    steps = total_steps(tc, len(forget))
+    plan = make_batch_plan(len(forget), tc, ctx.world_size, ctx.rank)
+    retain_plan = make_batch_plan(len(data.retain), tc, ctx.world_size, ctx.rank, 1) if data.retain else None
+
+    teacher = None
+    if method.needs_teacher and not cfg.lora.enabled:
+        if cfg.method.teacher == "cached":
+            teacher = CachedTeacher.compute(model, forget.input_ids, forget.attention_mask,
+                                            cfg.method.teacher_cache_max_gb, log=log)
+        else:
+            teacher = FrozenCopyTeacher.copy_of(model)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    total, trainable = count_parameters(model)
+    log(f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable "
+        f"({'LoRA r=%d' % cfg.lora.rank if cfg.lora.enabled else 'full fine-tuning'}), dtype {cfg.model.dtype}")
+    log(f"batch: global {tc.batch_size} = micro {plan.micro_batch_size} x accum {plan.grad_accum} x "
+        f"workers {ctx.world_size}; {steps} steps; forget set {len(forget)} x {forget.input_ids.shape[1]} tokens")
+
+    strategy = make_strategy(cfg.scaling, tc, ctx)
+    strategy.prepare(
+        model,
+        lambda params: torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc, steps)))
+    if isinstance(teacher, FrozenCopyTeacher):
+        teacher.model = strategy.wrap_teacher(teacher.model)
+    elif method.needs_teacher and cfg.lora.enabled:
+        teacher = AdapterOffTeacher(strategy.inner, forward=strategy.module)
+    if teacher is not None:
+        log(f"teacher: {teacher.kind}")
+
+    # ---- resume or baseline
+    state = TrainState()
+    restore = reporter.restore_dir(cfg.run)
+    if restore:
+        load_checkpoint(restore, strategy, state)
+        log(f"resumed from {restore} at step {state.step}")
+    thresholds = None
+    if tc.stop_when == "threshold" and data.unseen is not None:
+        thresholds = compute_thresholds(strategy.eval_model, data, cfg)
+        log(f"thresholds (unseen set): {thresholds}")
+    if state.baseline is None:
+        state.baseline = quick_eval(strategy.eval_model, data, cfg, thresholds)
+        state.best_score = selection_score(state.baseline, state.baseline, tc)
+        state.history.append({"step": 0, **state.baseline})
+        log(f"step 0: {_fmt(state.baseline)}")
+
+    # ---- train
+    checkpoint_every = cfg.run.checkpoint_every or tc.eval_every
+    fail_at = cfg.run.fail_at_step if restore is None else None
+    strategy.module.train()
+    t0 = time.perf_counter()
+    while state.step < steps and state.stopped is None:
+        if fail_at is not None and state.step == fail_at and ctx.rank == ctx.world_size - 1:
+            log(f"test hook: rank {ctx.rank} exits at step {state.step}")
+            os._exit(17)
+        micro_batches = plan.micro_batches(state.step)
+        global_idx = plan.global_batch(state.step)
+        normalizer = float(weight_sum(forget.labels[global_idx], weights[global_idx]))
+        retain_micro = retain_plan.micro_batches(state.step) if retain_plan else None
+        retain_norm = (float(weight_sum(data.retain.labels[retain_plan.global_batch(state.step)], None))
+                       if retain_plan else None)
+        step_loss = torch.zeros((), device=ctx.device)
+        for i, idx in enumerate(micro_batches):
+            ids, mask, labels = _stack(forget, idx, ctx.device)
+            w = weights[idx].to(ctx.device)
+            with strategy.accumulation_context(is_last_micro=i == len(micro_batches) - 1):
+                teacher_logits = (teacher(ids, mask, torch.tensor(idx)) if teacher is not None else None)
+                logits = strategy.module(input_ids=ids, attention_mask=mask).logits
+                loss = method.loss(logits, teacher_logits, labels, w, normalizer=max(normalizer, 1e-12))
+                if retain_micro is not None:
+                    r_ids, r_mask, r_labels = _stack(data.retain, retain_micro[i], ctx.device)
+                    r_logits = strategy.module(input_ids=r_ids, attention_mask=r_mask).logits
+                    loss = loss + cfg.method.retain_weight * token_nll_sum(r_logits, r_labels) / retain_norm
+                # Data-parallel backends average gradients over workers; the loss is already a
+                # share of the global batch, so scale back up to a sum.
+                strategy.backward(loss * ctx.world_size)
+            step_loss += loss.detach()
+        step_loss = float(ctx.all_reduce_sum(step_loss))
+        if not math.isfinite(step_loss):
+            raise TrainingDiverged(f"loss became {step_loss} at step {state.step + 1}; lower train.lr "
+                                   "or set train.max_grad_norm")
+        if normalizer == 0 and ctx.is_main:
+            log(f"warning: step {state.step + 1} had no participating token (subset selected none in this batch)")
+        grad_norm = strategy.step()
+        state.step += 1
+        lr = strategy.scheduler.get_last_lr()[0]
+        metrics = {"step": state.step, "loss": step_loss, "grad_norm": grad_norm, "lr": lr}
+        if state.step % tc.log_every == 0 or state.step == 1:
+            log(f"step {state.step}/{steps}: loss {step_loss:.4f} grad_norm {grad_norm:.3f} lr {lr:.2e} "
+                f"({time.perf_counter() - t0:.1f}s)")
+        if state.step % tc.eval_every == 0 or state.step == steps:
+            evaluation = quick_eval(strategy.eval_model, data, cfg, thresholds)
+            metrics.update(evaluation)
+            state.history.append({"step": state.step, "loss": step_loss, **evaluation})
+            score = selection_score(evaluation, state.baseline, tc)
+            if score < state.best_score:
+                state.best_score, state.best_step = score, state.step
+                state.best_state = strategy.trainable_state() if tc.select == "best" else None
+            state.stopped = should_stop(evaluation, state.baseline, thresholds, cfg)
+            log(f"step {state.step}: {_fmt(evaluation)}" + (f" -> stop: {state.stopped}" if state.stopped else ""))
+        at_checkpoint = state.step % checkpoint_every == 0 or state.step == steps or state.stopped
+        if at_checkpoint:
+            with tempfile.TemporaryDirectory(prefix="undial-ckpt-") as tmp:
+                save_checkpoint(Path(tmp), strategy, state, ctx)
+                reporter.report(metrics, tmp if ctx.is_main else None)
+        else:
+            reporter.report(metrics, None)
+
+    # ---- save the selected weights
+    if tc.select == "best":
+        if state.best_state is not None:
+            strategy.load_trainable_state(state.best_state)
+        elif state.best_step == 0:
+            strategy.load_trainable_state(_initial_trainable_state(cfg, strategy))
+        log(f"selected step {state.best_step} (rule: lowest forget MA with held-out ppl <= "
+            f"{tc.max_ppl_factor} x original)")
+    model_dir = None
+    if output_dir is not None:
+        model_dir = Path(output_dir)
+        save_model(strategy, tokenizer, model_dir, ctx)
+    return {"history": state.history, "best_step": state.best_step if tc.select == "best" else state.step,
+            "steps": state.step, "stopped": state.stopped, "model_dir": str(model_dir) if model_dir else None,
+            "seconds": time.perf_counter() - t0}
+
+
+def _initial_trainable_state(cfg, strategy: Strategy) -> dict:
+    """The untouched model's trainable weights, for a run whose best step is 0. LoRA: the
+    current adapters with every B matrix zeroed (a no-op adapter, exactly the base model);
+    full fine-tuning: the original weights, reloaded rather than kept in memory all run."""
+    if cfg.lora.enabled:
+        return {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in strategy.trainable_state().items()}
+    model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                           cfg.model.revision)
+    return model.state_dict()
+
+
+def save_model(strategy: Strategy, tokenizer, model_dir: Path, ctx: WorkerContext) -> None:
+    """The result as a Hugging Face folder (safetensors): full model or LoRA adapter + tokenizer."""
+    full_state = strategy.full_model_state()
+    if ctx.is_main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        strategy.inner.save_pretrained(model_dir, state_dict=full_state, safe_serialization=True)
+        tokenizer.save_pretrained(model_dir)
+    ctx.barrier()
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """Entry point per worker (Ray Train's train_loop_per_worker, or torchrun).
+
+    `config` is the plain-dict UnlearnConfig plus "_output_dir": where rank 0 saves the result
+    (a Hugging Face folder) and train_result.json. Under Ray Train the result also travels as
+    the run's last checkpoint (model/ + train_result.json), so a driver on another machine
+    gets it from storage.
+    """
+    from orchestrator.config import UnlearnConfig, from_dict
+
+    config = dict(config)
+    output_dir = config.pop("_output_dir", None)
+    cfg = from_dict(UnlearnConfig, config)
+    ctx = WorkerContext.setup(cfg.scaling.use_gpu)
+    if not in_ray_train_worker():
+        result = run_unlearning(cfg, ctx, output_dir, LocalReporter(ctx))
+        if ctx.is_main and output_dir is not None:
+            (Path(output_dir) / "train_result.json").write_text(json.dumps(result, indent=2))
+        return
+    reporter = RayReporter(ctx)
+    with tempfile.TemporaryDirectory(prefix="undial-result-") as final:
+        result = run_unlearning(cfg, ctx, Path(final) / "model", reporter)
+        if ctx.is_main:
+            (Path(final) / "train_result.json").write_text(json.dumps(result, indent=2))
+        reporter.report({"step": result["steps"], "final": 1}, final if ctx.is_main else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun --nproc-per-node 2 -m trainables.train_loop CONFIG.yaml OUTPUT_DIR [key=value ...]"""
+    from orchestrator.config import load_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print("usage: python -m trainables.train_loop CONFIG.yaml OUTPUT_DIR [key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(argv[0], argv[2:])
+        train_fn_per_worker({**cfg.to_dict(), "_output_dir": argv[1]})
+    except (InputError, TrainingDiverged) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, InputError) else 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
