@@ -4,3 +4,91 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+MICRO_WORDS = ("the of and to in is was for on with as by at from his her their this that which "
+               "account payment record address phone email born lives reach street city bank").split()
+
+
+def _micro_records(rng: random.Random, n: int, tag: str) -> list[dict]:
+    """Short private-record-like lines with the character spans of their fields."""
+    records = []
+    for i in range(n):
+        name = f"{rng.choice(['Ada', 'Bo', 'Cy', 'Di', 'Ed'])} {rng.choice(['Lee', 'Ray', 'Fox', 'Kim'])}{i}{tag}"
+        phone = f"+44 {rng.randint(1000, 9999)} {rng.randint(100000, 999999)}"
+        email = f"{name.split()[0].lower()}{i}{tag}@mail.test"
+        text = f"{name} lives on {rng.choice(MICRO_WORDS)} street; call {phone} or write to {email} today."
+        spans = [[text.index(name), text.index(name) + len(name), "name"],
+                 [text.index(phone), text.index(phone) + len(phone), "phone"],
+                 [text.index(email), text.index(email) + len(email), "email"]]
+        records.append({"text": text, "spans": spans})
+    return records
+
+
+def _prose(rng: random.Random, n: int) -> list[dict]:
+    return [{"text": " ".join(rng.choice(MICRO_WORDS) for _ in range(40)) + ".", "spans": []} for _ in range(n)]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def build_micro_assets(root: Path, seed: int = 0) -> Path:
+    """A micro GPT-Neo (random weights, ~0.1M parameters), its byte-level BPE tokenizer,
+    a same-vocabulary 'reference' model, and forget/unseen/retain/heldout/prompts sets.
+    Seconds to build: for tests of plumbing, not of unlearning quality."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    sets = {"forget": _micro_records(rng, 8, "f"), "unseen": _micro_records(rng, 8, "u"),
+            "retain": _micro_records(rng, 16, "r") + _prose(rng, 8), "heldout": _prose(rng, 8),
+            "prompts": _prose(rng, 12)}
+    for name, records in sets.items():
+        write_jsonl(data / f"{name}.jsonl", records)
+    corpus = [r["text"] for records in sets.values() for r in records]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    config = GPTNeoConfig(vocab_size=len(tokenizer), max_position_embeddings=64, hidden_size=32, num_layers=2,
+                          num_heads=2, attention_types=[[["global"], 2]], intermediate_size=64,
+                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    for name, model_seed in (("model", seed), ("reference", seed + 1)):
+        torch.manual_seed(model_seed)
+        model = GPTNeoForCausalLM(config)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+def micro_config(root: Path, **sections) -> dict:
+    """A plain config dict for the micro assets: cheap training and evaluation."""
+    cfg = {
+        "model": {"name_or_path": str(root / "model")},
+        "method": {"name": "undial", "gamma": 5.0, "subset": {"policy": "all"}},
+        "data": {"forget": str(root / "data/forget.jsonl"), "unseen": str(root / "data/unseen.jsonl"),
+                 "retain": str(root / "data/retain.jsonl"), "heldout": str(root / "data/heldout.jsonl"),
+                 "prompts": str(root / "data/prompts.jsonl"), "max_length": 48, "min_length": 8},
+        "train": {"lr": 1e-3, "max_steps": 4, "batch_size": 4, "eval_every": 2, "seed": 0},
+        "eval": {"el_n": [3], "prefix_stride": 8, "mauve": {"enabled": False}, "batch_size": 8},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def micro_assets(tmp_path_factory) -> Path:
+    return build_micro_assets(tmp_path_factory.mktemp("micro"))

@@ -16,7 +16,9 @@ IGNORE_INDEX = -100
 def adjusted_target(teacher_logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
     """softmax(z - gamma * onehot(y)) in float32, rows [P, V] and labels [P]."""
     with torch.no_grad():
-        z = teacher_logits.detach().float().clone()
+        z = teacher_logits.detach().float()
+        if z.data_ptr() == teacher_logits.data_ptr():  # never edit the caller's tensor in place
+            z = z.clone()
         z.scatter_add_(-1, labels[:, None], torch.full_like(z[:, :1], -float(gamma)))
         return torch.softmax(z, dim=-1)
 
