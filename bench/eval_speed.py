@@ -76,6 +76,17 @@ def _random(n_seq: int = 32, seed: int = 0):
     return model, ids, torch.ones_like(ids), f"random GPT-Neo (4x256, vocab 4096), {n_seq} x {MAX_LEN} random tokens"
 
 
+def _memorise(model, ids, mask, steps: int, lr: float = 1e-3):
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def _timed(fn, repeat: int = 1):
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -92,15 +103,20 @@ def main(argv=None) -> int:
                     help="sequences the slow EL reference runs on (default 4)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--random", action="store_true", help="use the random model even if a demo is built")
+    ap.add_argument("--memorise", type=int, default=0, metavar="STEPS",
+                    help="first train the model STEPS full-batch steps on the sequences (memorised text: "
+                         "EL reuses the greedy hits)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     got = None if args.random else _demo()
     model, ids, mask, what = got if got is not None else _random()
+    if args.memorise:
+        _memorise(model, ids, mask, args.memorise)
     seqs = R.sequences_from_batch(ids, mask)
     sub = min(args.ref_sequences, len(seqs))
     s_ids, s_mask, s_seqs = ids[:sub], mask[:sub], seqs[:sub]
-    print(f"data: {what}; threads {args.threads}")
+    print(f"data: {what}; threads {args.threads}" + (f"; memorised {args.memorise} steps" if args.memorise else ""))
 
     # MA: all sequences, both ways
     t_ma_fast, ma_fast = _timed(lambda: M.memorization_accuracy_per_sequence(model, ids, mask), repeat=3)

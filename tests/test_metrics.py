@@ -138,12 +138,16 @@ def test_eval_mode_restored(trained, data):
 
 # --------------------------------------------------------------------------- EL
 
-def test_generations_equal_reference_exactly(trained, mixed, ref_gens):
+@pytest.mark.parametrize("reuse_hits", [True, False])
+def test_generations_equal_reference_exactly(trained, mixed, ref_gens, reuse_hits):
     _, ids, mask = mixed
     # small chunks force several decode batches mixing prefix lengths and sequences
-    fast = M.greedy_suffix_generations(trained, ids, mask, batch_size=4, gen_batch_size=13)
+    fast = M.greedy_suffix_generations(trained, ids, mask, batch_size=4, gen_batch_size=13, reuse_hits=reuse_hits)
     assert fast.keys() == ref_gens.keys()
     assert fast == ref_gens
+    some = {1: [2, 5], 4: [17]}
+    assert M.greedy_suffix_generations(trained, ids, mask, some, reuse_hits=reuse_hits) == {
+        (b, i): ref_gens[(b, i)] for b, ii in some.items() for i in ii}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
@@ -159,7 +163,7 @@ def test_el_matches_reference_exact(trained, mixed, ref_gens, n):
 def test_el_reference_generations_are_really_independent(trained, mixed):
     """The reference EL computed from scratch (its own greedy loop) for one n."""
     seqs, ids, mask = mixed
-    small = seqs[:3]
+    small = [seqs[1], seqs[3], seqs[6]]
     assert M.extraction_likelihood(trained, _pad(small)[0], 3, _pad(small)[1]) == pytest.approx(
         R.reference_extraction_likelihood(trained, small, 3), abs=1e-12)
 
@@ -225,6 +229,10 @@ def test_el_bad_inputs(trained, data):
         M.memorization_accuracy(trained, forget.float())
     with pytest.raises(InputError, match="at least 2"):
         M.memorization_accuracy(trained, forget[:, :1])
+    with pytest.raises(InputError, match="rectangular"):
+        M.extraction_likelihood(trained, [[1, 2, 3, 4], [1, 2]], 1)
+    assert M.extraction_likelihood(trained, [[1, 2, 3, 4], [1, 2, 0, 0]], np.int64(1),
+                                   attention_mask=[[1, 1, 1, 1], [1, 1, 0, 0]]) >= 0.0
 
 
 # --------------------------------------------------------------------------- perplexity, repetition

@@ -3,6 +3,7 @@ reports before and after, and what `undial eval` prints for any model."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, lo
 
     model.eval()
     bs = eval_cfg.batch_size
+    progress = eval_cfg.progress or sys.stderr.isatty()
     out: dict = {}
     for name, tset in (("forget", data.forget), ("unseen", data.unseen)):
         if tset is None:
@@ -48,7 +50,7 @@ def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, lo
             row["ma_private"] = metrics.memorization_accuracy(model, ids, mask, position_mask=private, batch_size=bs)
         el = metrics.extraction_likelihood(model, ids, list(eval_cfg.el_n), mask,
                                            prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
-                                           progress=eval_cfg.progress)
+                                           progress=progress)
         row.update({f"el{n}": float(v) for n, v in el.items()})
         row["ppl"] = metrics.perplexity(model, ids, mask, batch_size=bs)
         out[name] = row
@@ -94,6 +96,6 @@ def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: in
                          "tokens; lower eval.mauve.prompt_tokens / new_tokens")
     result = metrics.generation_quality(model, tokenizer, prompts, truths, max_new_tokens=mc.new_tokens,
                                         featurizer=mc.featurizer, do_sample=mc.do_sample, seed=seed,
-                                        batch_size=eval_cfg.batch_size, progress=eval_cfg.progress)
+                                        batch_size=eval_cfg.batch_size, progress=eval_cfg.progress or sys.stderr.isatty())
     return {"mauve": float(result["mauve"]), "mauve_samples": int(result["samples"]),
             **{k: float(result[k]) for k in ("rep2", "rep3", "rep4")}}

@@ -66,7 +66,11 @@ def _as_batch(input_ids, attention_mask=None, what: str = "input_ids"):
     """(ids [N,T] long, mask [N,T] long, lengths list[int]) with checks."""
     if input_ids is None:
         raise InputError(f"{what} is empty")
-    ids = torch.as_tensor(input_ids)
+    try:
+        ids = torch.as_tensor(input_ids)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise InputError(f"{what} must be a rectangular [N, T] batch of token ids (pad and pass an "
+                         f"attention_mask): {e}") from e
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
@@ -141,7 +145,8 @@ def memorization_accuracy_per_sequence(model, input_ids, attention_mask=None, po
         if sel.dim() == 1:
             sel = sel.unsqueeze(0)
         if sel.shape != ids.shape:
-            raise InputError(f"position_mask shape {tuple(sel.shape)} does not match input_ids shape {tuple(ids.shape)}")
+            raise InputError(f"position_mask shape {tuple(sel.shape)} does not match input_ids shape "
+                             f"{tuple(ids.shape)}")
         sel = sel.bool()
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -205,22 +210,77 @@ def scored_prefix_lengths(length: int, n: int, prefix_stride: int = 1) -> list[i
     return got or [1]
 
 
+@functools.lru_cache(maxsize=1)
+def _buffer_layer_class():
+    """A transformers DynamicLayer over a preallocated buffer (no torch.cat per decode step)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int):
+            super().__init__()
+            r, h, w, _ = keys.shape
+            self._k = keys.new_empty((r, h, w + extra, keys.shape[-1]))
+            self._v = values.new_empty((r, h, w + extra, values.shape[-1]))
+            self._k[:, :, :w] = keys
+            self._v[:, :, :w] = values
+            self._n = w
+            self.device = keys.device
+            self.is_initialized = True
+            self.keys, self.values = self._k[:, :, :w], self._v[:, :, :w]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[-2]
+            if self._n + m > self._k.shape[-2]:  # pragma: no cover - sized for the whole decode
+                raise RuntimeError("KV buffer overflow")
+            self._k[:, :, self._n:self._n + m] = key_states
+            self._v[:, :, self._n:self._n + m] = value_states
+            self._n += m
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+            return self.keys, self.values
+
+    return BufferLayer
+
+
+def _chunk_rows(rows: list[tuple], gen_batch_size: int, max_cols: int | None) -> list[list[tuple]]:
+    """Rows (group row, seq, i, L) in decode batches: longest generations first; a batch never
+    needs more key columns (longest prefix + longest generation - 1) than the model allows."""
+    rows = sorted(rows, key=lambda r: (-r[3], r[2]))
+    chunks, cur, cur_i, cur_l = [], [], 0, 0
+    for r in rows:
+        ni, nl = max(cur_i, r[2]), max(cur_l, r[3])
+        if cur and (len(cur) >= gen_batch_size or (max_cols is not None and ni + nl - 1 > max_cols)):
+            chunks.append(cur)
+            cur, ni, nl = [], r[2], r[3]
+        cur.append(r)
+        cur_i, cur_l = ni, nl
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 @torch.no_grad()
 def greedy_suffix_generations(model, input_ids, attention_mask=None, prefixes=None, batch_size: int = 32,
-                              gen_batch_size: int = 512, progress: bool = False) -> dict[tuple[int, int], list[int]]:
+                              gen_batch_size: int = 128, reuse_hits: bool = True,
+                              progress: bool = False) -> dict[tuple[int, int], list[int]]:
     """Greedy continuations of T_b - i tokens from every requested prefix x_b[:i].
 
     ``prefixes``: {sequence index: iterable of prefix lengths i, 1 <= i < T_b};
     default: every i = 1..T_b-1. Returns {(b, i): generated token ids}. No
     early stop at EOS.
 
-    How (exact up to floating-point summation order): one teacher-forced
-    forward over each group of ``batch_size`` sequences fills a KV cache whose
-    first i columns are the cache of the prefix x[:i], and whose logits at i-1
-    give the first generated token of every prefix. Rows (b, i) are then
-    decoded together in chunks of ``gen_batch_size``: each row's prefix cache
-    is copied left-padded into a shared cache (explicit position_ids, masked
-    padding columns), and every step appends one token to every row.
+    How (the same tokens as a plain greedy loop, up to floating-point
+    summation order in near-ties):
+    - one teacher-forced forward over each group of ``batch_size`` sequences
+      fills a KV cache whose first i columns are the cache of prefix x[:i],
+      and whose logits at i-1 give the first generated token of every prefix;
+    - ``reuse_hits``: when that first token is the true x[i], greedy decoding
+      from x[:i] continues exactly as from x[:i+1], so gen(i) = [x[i]] +
+      gen(i+1) and only "misses" are decoded (a large saving on memorised
+      text, none on unseen text);
+    - the rows (b, i) left are decoded together in batches of
+      ``gen_batch_size``: each row's prefix cache is copied, left-padded, into
+      a preallocated cache (explicit position_ids, masked padding columns), and
+      each step appends one token to every row.
     """
     ids, mask, lengths = _as_batch(input_ids, attention_mask)
     from transformers import DynamicCache
@@ -229,6 +289,8 @@ def greedy_suffix_generations(model, input_ids, attention_mask=None, prefixes=No
         prefixes = {b: range(1, t) for b, t in enumerate(lengths)}
     wanted: dict[int, list[int]] = {}
     for b, ilist in prefixes.items():
+        if not 0 <= int(b) < len(lengths):
+            raise InputError(f"no sequence {b} in a batch of {len(lengths)}")
         got = sorted(set(int(i) for i in ilist))
         if got and (got[0] < 1 or got[-1] >= lengths[b]):
             raise InputError(f"prefix lengths for sequence {b} must lie in 1..{lengths[b] - 1}")
@@ -240,44 +302,51 @@ def greedy_suffix_generations(model, input_ids, attention_mask=None, prefixes=No
     device = _device(model)
     cache_kw = _cache_kwarg(model)
     max_cols = _max_columns(model)
+    Layer = _buffer_layer_class()
     out: dict[tuple[int, int], list[int]] = {}
     seqs = sorted(wanted)
-    total_rows = sum(len(v) for v in wanted.values())
-    bar = _progress(total=total_rows, desc="EL generations", enabled=progress)
+    bar = _progress(total=sum(len(v) for v in wanted.values()), desc="EL generations", enabled=progress)
     with _eval_mode(model):
         for g0 in range(0, len(seqs), batch_size):
             group = seqs[g0:g0 + batch_size]
-            width = max(wanted[b][-1] for b in group)  # the longest prefix any row needs
-            g_ids = ids[group, :width].to(device)
-            g_mask = mask[group, :width].to(device)
+            width = max((lengths[b] - 1) if reuse_hits else wanted[b][-1] for b in group)
             cache = DynamicCache()
-            logits = model(input_ids=g_ids, attention_mask=g_mask, use_cache=True, **{cache_kw: cache}).logits
-            first = logits.argmax(-1)  # [g, width]: first generated token of prefix i at i-1
+            logits = model(input_ids=ids[group, :width].to(device), attention_mask=mask[group, :width].to(device),
+                           use_cache=True, **{cache_kw: cache}).logits
+            first = logits.argmax(-1)  # [g, width]: the first generated token of prefix i sits at i-1
             del logits
+            first_cpu = first.cpu().tolist()
             kv = []
             for layer in cache.layers:
-                k, v = layer.keys, layer.values
-                if k is None or k.dim() != 4 or k.shape[-2] != width:
+                k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+                if k is None or k.dim() != 4 or k.shape[0] != len(group) or k.shape[-2] != width:
                     raise NotImplementedError(
-                        "extraction_likelihood's fast path needs a standard [batch, heads, seq, dim] KV cache; "
+                        "the fast greedy path needs a standard [batch, heads, seq, dim] KV cache; "
                         "use trainables.metrics_reference for this model")
                 kv.append((k, v))
             del cache
 
-            rows = [(gi, b, i, lengths[b] - i) for gi, b in enumerate(group) for i in wanted[b]]
-            rows.sort(key=lambda r: (-r[3], r[2]))  # longest generations first, then by prefix
-            chunks, cur, cur_i, cur_l = [], [], 0, 0
-            for r in rows:
-                ni, nl = max(cur_i, r[2]), max(cur_l, r[3])
-                if cur and (len(cur) >= gen_batch_size or (max_cols is not None and ni + nl - 1 > max_cols)):
-                    chunks.append(cur)
-                    cur, ni, nl = [], r[2], r[3]
-                cur.append(r)
-                cur_i, cur_l = ni, nl
-            if cur:
-                chunks.append(cur)
+            # which prefixes must really be decoded
+            need: dict[int, list[int]] = {}
+            rows = []
+            for gi, b in enumerate(group):
+                x, t = ids[b].tolist(), lengths[b]
+                todo, seen = list(wanted[b]), set()
+                while todo:
+                    i = todo.pop()
+                    if i in seen:
+                        continue
+                    seen.add(i)
+                    if i == t - 1:
+                        continue  # one token: the first one
+                    if reuse_hits and first_cpu[gi][i - 1] == x[i]:
+                        todo.append(i + 1)
+                    else:
+                        rows.append((gi, b, i, t - i))
+                need[b] = sorted(seen)
 
-            for chunk in chunks:
+            decoded: dict[tuple[int, int], list[int]] = {}
+            for chunk in _chunk_rows(rows, gen_batch_size, max_cols):
                 gi = torch.tensor([r[0] for r in chunk], device=device)
                 pi = torch.tensor([r[2] for r in chunk], device=device)
                 steps = max(r[3] for r in chunk)
@@ -285,25 +354,36 @@ def greedy_suffix_generations(model, input_ids, attention_mask=None, prefixes=No
                 src = torch.arange(w, device=device)[None, :] - (w - pi)[:, None]  # [R, w]
                 pmask = (src >= 0).long()
                 src = src.clamp(min=0)
-                # row r, column c <- group row gi[r], column src[r, c] (left-padded prefix)
-                layers = [(k[gi[:, None], :, src].permute(0, 2, 1, 3).contiguous(),
-                           v[gi[:, None], :, src].permute(0, 2, 1, 3).contiguous()) for k, v in kv]
-                rcache = DynamicCache(layers)
-                del layers
+                # row r, column c <- group row gi[r], column src[r, c]: the prefix, left-padded
+                rcache = DynamicCache()
+                rcache.layers = [Layer(k[gi[:, None], :, src].permute(0, 2, 1, 3),
+                                       v[gi[:, None], :, src].permute(0, 2, 1, 3), steps) for k, v in kv]
                 tok = first[gi, pi - 1]
                 gen = [tok]
-                ones = torch.ones((len(chunk), steps), dtype=pmask.dtype, device=device)
+                am = torch.cat([pmask, torch.ones((len(chunk), steps), dtype=pmask.dtype, device=device)], dim=1)
                 for k in range(1, steps):
-                    am = torch.cat([pmask, ones[:, :k]], dim=1)
-                    logits = model(input_ids=tok[:, None], attention_mask=am, position_ids=(pi + k - 1)[:, None],
-                                   use_cache=True, **{cache_kw: rcache}).logits
+                    logits = model(input_ids=tok[:, None], attention_mask=am[:, :w + k],
+                                   position_ids=(pi + k - 1)[:, None], use_cache=True, **{cache_kw: rcache}).logits
                     tok = logits[:, -1].argmax(-1)
                     gen.append(tok)
                 del rcache
                 gen = torch.stack(gen, dim=1).cpu().tolist()
                 for r, row in enumerate(chunk):
-                    out[(row[1], row[2])] = gen[r][:row[3]]
-                bar.update(len(chunk))
+                    decoded[(row[1], row[2])] = gen[r][:row[3]]
+
+            for gi, b in enumerate(group):
+                x, t = ids[b].tolist(), lengths[b]
+                res: dict[int, list[int]] = {}
+                for i in reversed(need[b]):
+                    if i == t - 1:
+                        res[i] = [first_cpu[gi][i - 1]]
+                    elif (b, i) in decoded:
+                        res[i] = decoded[(b, i)]
+                    else:  # a hit: x[i], then what x[:i+1] generates
+                        res[i] = [x[i]] + res[i + 1]
+                for i in wanted[b]:
+                    out[(b, i)] = res[i]
+                bar.update(len(wanted[b]))
     bar.close()
     return out
 
@@ -315,8 +395,8 @@ def _ngram_overlap(suffix: Sequence[int], generated: Sequence[int], n: int) -> f
 
 
 def extraction_likelihood_per_sequence(model, input_ids, n, attention_mask=None, prefix_stride: int = 1,
-                                       batch_size: int = 32, gen_batch_size: int = 512,
-                                       progress: bool = False, generations=None):
+                                       batch_size: int = 32, progress: bool = False, gen_batch_size: int = 128,
+                                       generations=None):
     """EL_n per sequence: a list of floats (int ``n``) or {n: list} (list ``n``).
 
     See :func:`extraction_likelihood`. ``generations`` (from
@@ -346,7 +426,7 @@ def extraction_likelihood_per_sequence(model, input_ids, n, attention_mask=None,
 
 
 def extraction_likelihood(model, input_ids, n, attention_mask=None, prefix_stride: int = 1,
-                          batch_size: int = 32, gen_batch_size: int = 512, progress: bool = False):
+                          batch_size: int = 32, progress: bool = False, gen_batch_size: int = 128):
     """Extraction likelihood EL_n (Jang et al. 2022), dataset mean over sequences.
 
     For every prefix length i = 1..T-1 (T: the sequence's real length) the
@@ -359,9 +439,14 @@ def extraction_likelihood(model, input_ids, n, attention_mask=None, prefix_strid
     generated and EL_n(x) is the mean of overlap_i over those (i = 1 alone for
     a sequence too short for any); stride 1 is the exact definition.
     ``n`` may be a list: then {n: EL_n} from one set of generations.
+
+    Generation is batched and KV-cached (:func:`greedy_suffix_generations`):
+    the tokens equal a plain one-prefix-at-a-time greedy loop's except where
+    floating-point summation order flips a near-tie argmax; memorised text is
+    much cheaper than unseen text (greedy hits are reused, not decoded).
     """
     per = extraction_likelihood_per_sequence(model, input_ids, n, attention_mask, prefix_stride,
-                                             batch_size, gen_batch_size, progress)
+                                             batch_size, progress=progress, gen_batch_size=gen_batch_size)
     if isinstance(per, dict):
         return {k: float(np.mean(v)) for k, v in per.items()}
     return float(np.mean(per))
@@ -564,12 +649,13 @@ def mauve_score(p_texts: Sequence[str], q_texts: Sequence[str], featurizer: str 
 
 def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64,
                            do_sample: bool = False, seed: int = 0, batch_size: int = 16, top_p: float = 1.0,
-                           temperature: float = 1.0, add_special_tokens: bool = True,
+                           top_k: int = 0, temperature: float = 1.0, add_special_tokens: bool = True,
                            progress: bool = False) -> list[str]:
     """The model's continuation of each prompt (new tokens only, special tokens dropped).
 
-    Greedy by default; sampling is deterministic given ``seed`` (and
-    batch_size), without touching the caller's global RNG state.
+    Greedy by default; sampling (pure ancestral with top_k=0, top_p=1; nucleus
+    with top_p < 1) is deterministic given ``seed`` (and batch_size), without
+    touching the caller's global RNG state. Prompts are left-padded in a batch.
     """
     prompts = [str(p) for p in prompts]
     if not prompts:
@@ -582,7 +668,7 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tok
     tokenizer.padding_side = "left"
     gen_kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id)
     if do_sample:
-        gen_kw.update(top_p=top_p, temperature=temperature, top_k=0)
+        gen_kw.update(top_p=top_p, top_k=top_k, temperature=temperature)
     outs: list[str] = []
     fork_devices = [device] if device.type == "cuda" else []
     try:

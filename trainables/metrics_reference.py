@@ -73,7 +73,8 @@ def reference_prefix_lengths(T: int, n: int, prefix_stride: int = 1) -> list[int
     return got
 
 
-def reference_generations(model, seqs, prefixes: dict[int, list[int]] | None = None) -> dict[tuple[int, int], list[int]]:
+def reference_generations(model, seqs,
+                          prefixes: dict[int, list[int]] | None = None) -> dict[tuple[int, int], list[int]]:
     """{(b, i): greedy T_b - i tokens from x_b[:i]} for every i = 1..T_b-1 (or the given ones)."""
     model.eval()
     out = {}
