@@ -92,3 +92,18 @@ def micro_config(root: Path, **sections) -> dict:
 @pytest.fixture(scope="session")
 def micro_assets(tmp_path_factory) -> Path:
     return build_micro_assets(tmp_path_factory.mktemp("micro"))
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_build(tmp_path_factory):
+    """(path, build log lines) of the tiny demo, built once per test session (~1 minute)."""
+    from trainables import demo
+
+    lines: list[str] = []
+    out = tmp_path_factory.mktemp("cache") / "demo-v1-tiny-seed0"
+    return demo.build_demo(out, seed=0, size="tiny", log=lines.append), lines
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tiny_demo_build) -> Path:
+    return tiny_demo_build[0]

@@ -34,6 +34,8 @@ and every line fits in ``max_length`` (64) tokens.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import inspect
 import json
 import math
 import os
@@ -76,15 +78,16 @@ class _Spec:
     max_length: int = 64
     context: int = 128
     window: int = 64
+    el_stride: int = 4        # EL3 in the manifest over prefix lengths stride, 2*stride, ...
 
 
 SIZES = {
-    "full": _Spec(n_forget=32, n_unseen=64, n_public=3000, n_public_twice=1500, n_heldout=200,
-                  n_prose=1500, n_prompts=200, forget_repeat=24, vocab_size=4096, n_layer=4,
-                  hidden=256, heads=4, epochs=1.5, batch_size=32, lr=1e-3),
-    "tiny": _Spec(n_forget=16, n_unseen=32, n_public=600, n_public_twice=0, n_heldout=64,
-                  n_prose=300, n_prompts=32, forget_repeat=20, vocab_size=4096, n_layer=2,
-                  hidden=64, heads=2, epochs=2.0, batch_size=32, lr=3e-3),
+    "full": _Spec(n_forget=32, n_unseen=64, n_public=3000, n_public_twice=0, n_heldout=200,
+                  n_prose=1000, n_prompts=200, forget_repeat=48, vocab_size=4096, n_layer=4,
+                  hidden=256, heads=4, epochs=1.5, batch_size=32, lr=2e-3, el_stride=8),
+    "tiny": _Spec(n_forget=16, n_unseen=32, n_public=300, n_public_twice=0, n_heldout=64,
+                  n_prose=60, n_prompts=32, forget_repeat=24, vocab_size=4096, n_layer=2,
+                  hidden=128, heads=4, epochs=3.0, batch_size=32, lr=3e-3, el_stride=8),
 }
 
 
@@ -131,7 +134,8 @@ def _identity(fake, used: set) -> dict:
         if name not in used and email not in used:
             break
     used.update((name, email))
-    dob = fake.date_of_birth(minimum_age=18, maximum_age=90)
+    # fixed bounds: date_of_birth() would depend on today's date
+    dob = fake.date_between_dates(datetime.date(1935, 1, 1), datetime.date(2006, 12, 31))
     return {
         "name": name,
         "email": email,
@@ -198,7 +202,14 @@ _PROSE_TEMPLATES = (
 )
 
 
-def _sentence(rng: random.Random, fake, topic: str) -> str:
+def _person(fake, used: set) -> str:
+    while True:  # never the name of someone with a record
+        name = f"{fake.first_name()} {fake.last_name()}"
+        if name not in used:
+            return name
+
+
+def _sentence(rng: random.Random, fake, topic: str, used: set) -> str:
     nouns, plurals = _TOPICS[topic]
     t = rng.choice(_PROSE_TEMPLATES)
     n1, n2, n3 = rng.sample(nouns, 3)
@@ -208,17 +219,17 @@ def _sentence(rng: random.Random, fake, topic: str) -> str:
                  verb_past=rng.choice(_VERB_PAST), verb_base=rng.choice(_VERB_BASE),
                  verb_pl=v1, verb_pl2=v2, adv=rng.choice(_ADV), prep=rng.choice(_PREP),
                  opener=rng.choice(_OPENERS), year=rng.randint(1820, 2020), city=fake.city(),
-                 person=f"{fake.first_name()} {fake.last_name()}", month=fake.month_name())
+                 person=_person(fake, used), month=fake.month_name())
     return s[0].upper() + s[1:]
 
 
-def _passages(fake, rng: random.Random, n: int) -> list[list[str]]:
+def _passages(fake, rng: random.Random, n: int, used: set) -> list[list[str]]:
     """n passages, each a list of 3-6 sentences on one topic (trimmed to fit later)."""
     topics = sorted(_TOPICS)
     out = []
     for _ in range(n):
         topic = rng.choice(topics)
-        out.append([_sentence(rng, fake, topic) for _ in range(rng.randint(3, 6))])
+        out.append([_sentence(rng, fake, topic, used) for _ in range(rng.randint(3, 6))])
     return out
 
 
@@ -253,14 +264,23 @@ def _fit(tokenizer, records: list[dict], n: int, max_length: int, what: str) -> 
     return kept
 
 
-def _fit_passage(tokenizer, sentences: list[str], max_length: int) -> str | None:
-    text = None
-    for k in range(1, len(sentences) + 1):
-        cand = " ".join(sentences[:k])
-        if _n_tokens(tokenizer, [cand])[0] > max_length:
-            break
-        text = cand
-    return text
+def _fit_passages(tokenizer, passages: list[list[str]], max_length: int) -> list[str]:
+    """Each passage cut to the most whole sentences that fit in max_length tokens."""
+    texts = [" ".join(p) for p in passages]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, sentences, offsets in zip(texts, passages, enc["offset_mapping"]):
+        if len(offsets) > max_length:
+            limit, end, keep = offsets[max_length - 1][1], 0, 0
+            for s in sentences:  # the longest run of whole sentences ending before limit
+                if end + len(s) > limit:
+                    break
+                end += len(s) + 1
+                keep += 1
+            text = " ".join(sentences[:keep])
+        if text:
+            out.append(text)
+    return out
 
 
 # --------------------------------------------------------------------------- data
@@ -276,7 +296,7 @@ def make_demo_data(seed: int = 0, size: str = "full"):
 
     spec = _spec(size)
     rng = random.Random(f"{DEMO_VERSION}:{seed}:{size}")
-    fake = Faker("en_US")
+    fake = Faker("en_US", use_weighting=False)  # uniform picks: 5x faster, more varied names
     fake.seed_instance(seed)
     used: set = set()
     slack = lambda n: n + max(8, n // 2)  # over-generate; drop records that do not fit
@@ -284,8 +304,8 @@ def make_demo_data(seed: int = 0, size: str = "full"):
     unseen = _records(fake, rng, slack(spec.n_unseen), used)
     public = _records(fake, rng, slack(spec.n_public), used)
     heldout = _records(fake, rng, slack(spec.n_heldout), used)
-    prose = _passages(fake, rng, spec.n_prose)
-    prompt_passages = _passages(fake, rng, spec.n_prompts)
+    prose = _passages(fake, rng, spec.n_prose, used)
+    prompt_passages = _passages(fake, rng, spec.n_prompts, used)
 
     # the tokenizer sees only what the model is trained on (each text once)
     corpus = [r["text"] for r in public + forget] + [" ".join(p) for p in prose]
@@ -298,8 +318,8 @@ def make_demo_data(seed: int = 0, size: str = "full"):
         "heldout": _fit(tokenizer, heldout, spec.n_heldout, ml, "heldout"),
     }
     public = _fit(tokenizer, public, spec.n_public, ml, "public")
-    prose_texts = [t for t in (_fit_passage(tokenizer, p, ml) for p in prose) if t]
-    prompt_texts = [t for t in (_fit_passage(tokenizer, p, ml) for p in prompt_passages) if t]
+    prose_texts = _fit_passages(tokenizer, prose, ml)
+    prompt_texts = _fit_passages(tokenizer, prompt_passages, ml)
     splits["retain"] = public + [{"text": t, "spans": []} for t in prose_texts]
     splits["prompts"] = [{"text": t, "spans": []} for t in prompt_texts]
     return splits, tokenizer
@@ -351,8 +371,11 @@ def _train(spec: _Spec, tokenizer, texts: list[str], n_steps: int, seed: int, lo
     torch.manual_seed(seed)
     model = GPTNeoForCausalLM(_model_config(spec, tokenizer))
     model.train()
-    seqs = tokenizer(texts, add_special_tokens=False, truncation=True,
-                     max_length=spec.max_length)["input_ids"]
+    # every text fits max_length by construction; no truncation here (a fast
+    # tokenizer would keep it in its state and save it with the model)
+    seqs = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if max(len(s) for s in seqs) > spec.max_length:
+        raise RuntimeError("demo: a training text is longer than max_length")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
@@ -427,16 +450,19 @@ def _ma(model, ids, mask, field, batch_size: int = 64):
     return sum(per_seq) / len(per_seq), hits / max(n, 1.0)
 
 
-def _el(model, ids, mask, n: int = 3, stride: int = 4) -> float:
-    """Extraction likelihood EL_n (Jang et al.) over prefix lengths i = stride, 2*stride, ...
+def _el(model, ids, mask, n: int = 3, stride: int = 4) -> list[float]:
+    """Extraction likelihood EL_n (Jang et al.) of every sequence, over prefix
+    lengths i = stride, 2*stride, ... (stride=1 is the exact definition).
 
     For prefix x[:i] generate T-i tokens greedily; overlap_i = number of
     generated n-grams found in the true suffix's n-gram set / number of true
-    suffix n-grams; EL_n(x) = mean of overlap_i over the prefixes used
-    (i <= T-n). stride=1 is the exact definition.
+    suffix n-grams (defined for i <= T-n); EL_n(x) = mean of overlap_i over the
+    prefixes used. Sequences of equal prefix length are generated as a batch.
     """
     import torch
 
+    # transformers 5 renamed past_key_values to cache
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     lengths = mask.sum(1).tolist()
     seqs = [ids[k, :lengths[k]].tolist() for k in range(len(lengths))]
     overlaps: list[list[float]] = [[] for _ in seqs]
@@ -445,22 +471,19 @@ def _el(model, ids, mask, n: int = 3, stride: int = 4) -> float:
             rows = [k for k, T in enumerate(lengths) if i <= T - n]
             if not rows:
                 continue
-            cur = ids[rows, :i]
             steps = max(lengths[k] for k in rows) - i
-            out = model(input_ids=cur, use_cache=True)
-            gen = []
-            for _ in range(steps):
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                gen.append(nxt)
-                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=ids[rows, :i], use_cache=True)
+            gen = [out.logits[:, -1].argmax(-1, keepdim=True)]
+            for _ in range(steps - 1):
+                out = model(input_ids=gen[-1], use_cache=True, **{kw: getattr(out, kw)})
+                gen.append(out.logits[:, -1].argmax(-1, keepdim=True))
             gen = torch.cat(gen, 1).tolist()
             for r, k in enumerate(rows):
                 suffix, g = seqs[k][i:], gen[r][:lengths[k] - i]
                 truth = {tuple(suffix[j:j + n]) for j in range(len(suffix) - n + 1)}
                 found = sum(tuple(g[j:j + n]) in truth for j in range(len(g) - n + 1))
                 overlaps[k].append(found / (len(suffix) - n + 1))
-    per_seq = [sum(o) / len(o) for o in overlaps if o]
-    return sum(per_seq) / max(len(per_seq), 1)
+    return [sum(o) / len(o) if o else 0.0 for o in overlaps]
 
 
 def _ppl(model, tokenizer, records: list[dict]) -> float:
@@ -479,7 +502,13 @@ def _figures(model, tokenizer, splits: dict, stride: int) -> dict:
         ma, field_ma = _ma(model, ids, mask, field)
         out[f"{name}_ma"] = round(ma, 4)
         out[f"{name}_field_ma"] = round(field_ma, 4)
-        out[f"{name}_el3_stride{stride}"] = round(_el(model, ids, mask, 3, stride), 4)
+    # EL3 of forget and unseen in one batch (generation is the slow part)
+    both = splits["forget"] + splits["unseen"]
+    ids, mask, _ = _encode(tokenizer, both)
+    el = _el(model, ids, mask, 3, stride)
+    n_forget = len(splits["forget"])
+    for name, part in (("forget", el[:n_forget]), ("unseen", el[n_forget:])):
+        out[f"{name}_el3_stride{stride}"] = round(sum(part) / len(part), 4)
     out["heldout_ppl"] = round(_ppl(model, tokenizer, splits["heldout"]), 3)
     return out
 
@@ -520,13 +549,21 @@ def build_demo(out_dir: str | Path, seed: int = 0, size: str = "full", force: bo
     out_dir = Path(out_dir).expanduser().absolute()
     if (out_dir / "manifest.json").exists() and not force:
         return out_dir
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out_dir.parent / f".{out_dir.name}.lock"):
         if (out_dir / "manifest.json").exists() and not force:  # built while we waited
             return out_dir
+        # we hold the lock: leftovers of a killed build of this demo are stale
+        for stale in out_dir.parent.glob(f".{out_dir.name}.build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in out_dir.parent.glob(f".{out_dir.name}.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
         try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private
             _build_into(tmp, seed, size, spec, log)
+            _check_replaceable(out_dir)
             if out_dir.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
                 os.replace(out_dir, old / "x")
@@ -540,11 +577,19 @@ def build_demo(out_dir: str | Path, seed: int = 0, size: str = "full", force: bo
     return out_dir
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    """Only an absent or empty directory, or a complete demo, may be replaced."""
+    if out_dir.exists() and not (out_dir / "manifest.json").exists():
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise InputError(f"{out_dir} exists and is not a demo directory (no manifest.json); "
+                             "remove it or choose another directory")
+
+
 def _build_into(root: Path, seed: int, size: str, spec: _Spec, log) -> None:
     import numpy as np
     import torch
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -560,7 +605,7 @@ def _build_into(root: Path, seed: int, size: str, spec: _Spec, log) -> None:
 
     epoch = _training_texts(splits, spec, with_forget=True)
     n_steps = math.ceil(spec.epochs * len(epoch) / spec.batch_size)
-    stride = 4
+    stride = spec.el_stride
     figures, seconds, n_params = {}, {}, 0
     for tag, with_forget in (("model", True), ("reference", False)):
         t1 = time.time()
@@ -580,6 +625,7 @@ def _build_into(root: Path, seed: int, size: str, spec: _Spec, log) -> None:
         "seed": seed,
         "size": size,
         "build_seconds": round(time.time() - t0, 1),
+        "build_cpu_seconds": round(time.process_time() - c0, 1),
         "train_seconds": seconds,
         "n_params": n_params,
         "max_length": spec.max_length,
@@ -595,7 +641,7 @@ def _build_into(root: Path, seed: int, size: str, spec: _Spec, log) -> None:
     }
     # written last: its presence marks a complete demo
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"demo: built in {manifest['build_seconds']}s")
+    log(f"demo: built in {manifest['build_seconds']}s ({manifest['build_cpu_seconds']} CPU s)")
 
 
 def default_demo_dir(seed: int = 0, size: str = "full") -> Path:

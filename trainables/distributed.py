@@ -135,7 +135,8 @@ class Strategy:
     def eval_model(self):
         return self.inner
 
-    # -- state (collective: every rank calls; CPU tensors, full)
+    # -- state (collective: every rank calls). The getters gather full CPU tensors to rank 0 (other
+    # ranks get {}); the setters take rank 0's and broadcast it (other ranks may pass {}).
     def trainable_state(self) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -145,7 +146,9 @@ class Strategy:
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(self.module, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        # dict(state): the helper renames keys of the dict it is given (DDP's "module." prefix)
+        set_model_state_dict(self.module, dict(state), options=StateDictOptions(
+            full_state_dict=True, strict=False, broadcast_from_rank0=dist.is_initialized()))
 
     def optimizer_state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -155,8 +158,8 @@ class Strategy:
     def load_optimizer_state(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.module, self.optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(self.module, self.optimizer, state, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=dist.is_initialized()))
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """Every weight, gathered to CPU: what save_pretrained writes."""

@@ -12,6 +12,7 @@ N workers take the same optimiser steps.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -115,6 +116,10 @@ def seed_everything(seed: int) -> None:
 
 
 class LocalReporter:
+    # A checkpoint is a full gather + torch.save of weights and optimiser state; a local run has
+    # nowhere to keep one (it resumes only from run.resume_from), so it skips writing them.
+    keeps_checkpoints = False
+
     def __init__(self, ctx: WorkerContext, log=print):
         self.ctx = ctx
         self.log = log
@@ -129,6 +134,8 @@ class LocalReporter:
 
 
 class RayReporter(LocalReporter):
+    keeps_checkpoints = True
+
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         import ray.train
 
@@ -141,7 +148,13 @@ class RayReporter(LocalReporter):
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return run_cfg.resume_from
-        return checkpoint.to_directory()
+        from pyarrow.fs import LocalFileSystem
+
+        if isinstance(checkpoint.filesystem, LocalFileSystem) and os.path.isdir(checkpoint.path):
+            return checkpoint.path  # local or shared storage: read in place, no copy
+        local = tempfile.mkdtemp(prefix="undial-restore-")  # cloud storage: download, removed at exit
+        atexit.register(shutil.rmtree, local, ignore_errors=True)
+        return checkpoint.to_directory(local)
 
 
 def in_ray_train_worker() -> bool:
@@ -195,6 +208,7 @@ class TrainState:
     best_score: float = float("inf")
     best_state: dict | None = None  # trainable weights at best_step (CPU); None = the initial weights
     stopped: str | None = None
+    curve: list[dict] = field(default_factory=list)  # every step: step, loss, grad_norm, lr, time_s
 
 
 def quick_eval(model, data: DataSets, cfg, thresholds: dict | None) -> dict:
@@ -257,6 +271,7 @@ def save_checkpoint(path: Path, strategy: Strategy, state: TrainState, ctx: Work
                "scheduler": strategy.scheduler.state_dict(), "step": state.step, "history": state.history,
                "baseline": state.baseline, "best_step": state.best_step, "best_score": state.best_score,
                "best_state": state.best_state, "stopped": state.stopped,
+               "curve": state.curve,
                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                        "python": random.getstate()}}
     if ctx.is_main:
@@ -276,6 +291,7 @@ def load_checkpoint(path: str, strategy: Strategy, state: TrainState) -> None:
     strategy.scheduler.load_state_dict(payload["scheduler"])
     for key in ("step", "history", "baseline", "best_step", "best_score", "best_state", "stopped"):
         setattr(state, key, payload[key])
+    state.curve = payload.get("curve", [])
     torch.set_rng_state(payload["rng"]["torch"])
     np.random.set_state(payload["rng"]["numpy"])
     random.setstate(payload["rng"]["python"])
@@ -345,8 +361,10 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     # ---- resume or baseline
     state = TrainState()
     restore = reporter.restore_dir(cfg.run)
+    resumed_at = None
     if restore:
         load_checkpoint(restore, strategy, state)
+        resumed_at = state.step
         log(f"resumed from {restore} at step {state.step}")
     thresholds = None
     if tc.stop_when == "threshold" and data.unseen is not None:
@@ -360,13 +378,27 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
 
     # ---- train
     checkpoint_every = cfg.run.checkpoint_every or tc.eval_every
+    # Test hook: the last rank dies after step fail_at in an attempt that did not resume. A
+    # restarted attempt resumes from a checkpoint, so the hook must come after the first one.
     fail_at = cfg.run.fail_at_step if restore is None else None
+    if fail_at is not None and fail_at <= checkpoint_every:
+        raise InputError(f"run.fail_at_step: {fail_at} must come after the first checkpoint (step "
+                         f"{checkpoint_every}, run.checkpoint_every), or the restarted run would fail again")
     strategy.module.train()
     t0 = time.perf_counter()
     while state.step < steps and state.stopped is None:
-        if fail_at is not None and state.step == fail_at and ctx.rank == ctx.world_size - 1:
-            log(f"test hook: rank {ctx.rank} exits at step {state.step}")
-            os._exit(17)
+        if fail_at is not None and state.step == fail_at:
+            # Ray Train's controller collects a rank's report when its poll (every 2 s) takes it off
+            # the rank's one-slot queue: one more report waits until the previous one was taken;
+            # after the barrier every rank's checkpoints so far have been taken, and the pause lets
+            # the poll's answers reach the controller, so the restarted run finds them.
+            reporter.report({"step": state.step, "fail_at_step": fail_at}, None)
+            ctx.barrier()
+            if ctx.rank == ctx.world_size - 1:
+                print(f"test hook (run.fail_at_step): rank {ctx.rank} exits after step {state.step}",
+                      file=sys.stderr, flush=True)
+                time.sleep(5)
+                os._exit(17)
         micro_batches = plan.micro_batches(state.step)
         global_idx = plan.global_batch(state.step)
         normalizer = float(weight_sum(forget.labels[global_idx], weights[global_idx]))
@@ -398,11 +430,15 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         grad_norm = strategy.step()
         state.step += 1
         lr = strategy.scheduler.get_last_lr()[0]
-        metrics = {"step": state.step, "loss": step_loss, "grad_norm": grad_norm, "lr": lr}
-        if state.step % tc.log_every == 0 or state.step == 1:
+        metrics = {"step": state.step, "loss": step_loss, "grad_norm": grad_norm, "lr": lr,
+                   "time_s": time.perf_counter() - t0}  # since this attempt's first step
+        state.curve.append(dict(metrics))
+        logged = state.step % tc.log_every == 0 or state.step == 1
+        if logged:
             log(f"step {state.step}/{steps}: loss {step_loss:.4f} grad_norm {grad_norm:.3f} lr {lr:.2e} "
                 f"({time.perf_counter() - t0:.1f}s)")
-        if state.step % tc.eval_every == 0 or state.step == steps:
+        evaluated = state.step % tc.eval_every == 0 or state.step == steps
+        if evaluated:
             evaluation = quick_eval(strategy.eval_model, data, cfg, thresholds)
             metrics.update(evaluation)
             state.history.append({"step": state.step, "loss": step_loss, **evaluation})
@@ -413,11 +449,13 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
             state.stopped = should_stop(evaluation, state.baseline, thresholds, cfg)
             log(f"step {state.step}: {_fmt(evaluation)}" + (f" -> stop: {state.stopped}" if state.stopped else ""))
         at_checkpoint = state.step % checkpoint_every == 0 or state.step == steps or state.stopped
-        if at_checkpoint:
+        if at_checkpoint and reporter.keeps_checkpoints:
             with tempfile.TemporaryDirectory(prefix="undial-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), strategy, state, ctx)
                 reporter.report(metrics, tmp if ctx.is_main else None)
-        else:
+        elif logged or evaluated:
+            # Not every step: Ray Train's controller takes reports off a one-slot queue per worker
+            # at each poll (every 2 s), so a report per fast step would throttle training to it.
             reporter.report(metrics, None)
 
     # ---- save the selected weights
@@ -434,6 +472,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         save_model(strategy, tokenizer, model_dir, ctx)
     return {"history": state.history, "best_step": state.best_step if tc.select == "best" else state.step,
             "steps": state.step, "stopped": state.stopped, "model_dir": str(model_dir) if model_dir else None,
+            "curve": state.curve, "resumed_at": resumed_at,
             "seconds": time.perf_counter() - t0}
 
 
