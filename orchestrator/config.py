@@ -191,7 +191,7 @@ class RunConfig:
     checkpoint_every: int | None = None  # default: every eval
     max_failures: int = 0
     resume_from: str | None = None  # a checkpoint folder (torchrun / local runs)
-    fail_at_step: int | None = None  # test hook: rank 1 exits at this step (first attempt only)
+    fail_at_step: int | None = None  # test hook: the last rank exits after step k (> checkpoint_every), first attempt only
 
     def validate(self, path: str) -> None:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1, f"{path}.checkpoint_every",
