@@ -37,7 +37,7 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from orchestrator.unlearn import evaluate_path, format_report, resolve_config, staged_output, write_json
+    from orchestrator.unlearn import evaluate_path, format_metrics, resolve_config, staged_output, write_json
     from trainables.data import load_datasets
     from trainables.models import load_tokenizer
 
@@ -48,7 +48,7 @@ def cmd_eval(args) -> int:
     with staged_output(args.output, args.overwrite) as stage:
         metrics = evaluate_path(cfg, args.model, data, tokenizer)
         write_json(stage / "metrics.json", {"model": args.model or cfg.model.name_or_path, "metrics": metrics})
-    print(format_report({"before": metrics, "after": metrics}).replace("before", "value ", 1))
+    print(format_metrics(metrics))
     return 0
 
 

@@ -122,6 +122,7 @@ def _flat(report: dict, prefix: str = "") -> dict[str, float]:
 
 
 def format_report(report: dict) -> str:
+    """Before/after/change table of every metric both sides have."""
     before, after = _flat(report["before"]), _flat(report["after"])
     keys = [k for k in before if k in after]
     width = max(len(k) for k in keys) if keys else 10
@@ -131,3 +132,11 @@ def format_report(report: dict) -> str:
         change = f"{(a - b) / abs(b):+.1%}" if b else ""
         lines.append(f"{key:<{width}}  {b:>10.4f}  {a:>10.4f}  {change:>9}")
     return "\n".join(lines)
+
+
+def format_metrics(metrics: dict) -> str:
+    """One model's metrics as a two-column table (`undial eval`)."""
+    flat = _flat(metrics)
+    width = max((len(k) for k in flat), default=10)
+    return "\n".join([f"{'metric':<{width}}  {'value':>10}"] +
+                     [f"{key:<{width}}  {value:>10.4f}" for key, value in flat.items()])

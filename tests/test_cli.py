@@ -97,10 +97,12 @@ def test_diverging_loss_names_the_step_and_leaves_nothing(micro_assets, tmp_path
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
-def test_eval_command_and_real_process_exit_code(micro_assets, tmp_path):
+def test_eval_command_and_real_process_exit_code(micro_assets, tmp_path, capsys):
     config = write_config(tmp_path, micro_config(micro_assets))
     out = tmp_path / "ev"
     assert run_cli("eval", config, "--model", micro_assets / "model", "--output", out) == 0
+    table = capsys.readouterr().out
+    assert "value" in table and "forget.ma" in table and "before" not in table
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert "ma" in metrics["forget"] and "el3" in metrics["unseen"]
     proc = subprocess.run([sys.executable, "-m", "orchestrator", "unlearn", str(config), "train.lrr=1",
