@@ -105,7 +105,11 @@ def peak_rss_child(args, variant: str) -> int:
     """Peak resident memory (bytes) of a fresh process running `variant` for a few steps."""
     cmd = [sys.executable, __file__, "--child", variant, "--layers", str(args.layers), "--batch", str(args.batch),
            "--seq", str(args.seq)] + (["--small"] if args.small else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # Blocks of 1 MiB and more are mmapped and go back to the OS when freed, so the peak RSS
+    # is the peak of live tensors, not of what glibc's heap kept from freed temporaries (its
+    # default threshold moves with the sizes freed so far, and the figure with it).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 

@@ -1,5 +1,5 @@
 """End to end on the (tiny) offline demo: `undial unlearn` with the demo's method settings
-(UnDIAL, gamma 10, `reference` positions, full fine-tuning) really unlearns."""
+(UnDIAL, gamma 10, `reference` positions, retain-set NLL term, full fine-tuning) really unlearns."""
 
 import json
 
@@ -21,9 +21,9 @@ def demo_config(tiny_demo, tmp_path, **overrides):
 
 
 def test_undial_on_reference_positions_unlearns_the_forget_records(tiny_demo, tmp_path):
-    # The tiny demo memorises less firmly than the full one; lr 1e-3 for 20 steps moves it.
-    config = demo_config(tiny_demo, tmp_path, train__lr=1e-3, train__max_steps=20, train__eval_every=10,
-                         train__max_ppl_factor=1.5, eval__prefix_stride=8, eval__el_n=[3])
+    # The demo's lr (1e-3) for 20 steps, warm-up shortened to fit them, moves the tiny demo.
+    config = demo_config(tiny_demo, tmp_path, train__max_steps=20, train__warmup_steps=5, train__eval_every=10,
+                         train__batch_size=8, train__max_ppl_factor=1.5, eval__prefix_stride=8, eval__el_n=[3])
     out = tmp_path / "out"
     assert main(["unlearn", str(config), "eval.mauve.max_prompts=32", "--output", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
@@ -41,7 +41,8 @@ def test_undial_on_reference_positions_unlearns_the_forget_records(tiny_demo, tm
 
 def test_threshold_stopping_rule_stops_where_forget_falls_below_unseen(tiny_demo, tmp_path):
     # A large learning rate crosses Jang et al.'s thresholds within the first evaluation.
-    config = demo_config(tiny_demo, tmp_path, train__lr=5e-3, train__max_steps=60, train__eval_every=5,
+    config = demo_config(tiny_demo, tmp_path, train__lr=5e-3, train__warmup_steps=0, train__batch_size=8,
+                         train__max_steps=60, train__eval_every=5,
                          train__stop_when="threshold", train__select="last", method__gamma=30.0,
                          eval__prefix_stride=8, eval__el_n=[3], eval__mia=False)
     out = tmp_path / "out"

@@ -132,6 +132,85 @@ def test_registry_and_baselines():
     mask = labels[:, 1:] != -100
     assert torch.allclose(nll, manual[mask].mean(), atol=1e-6)
     assert torch.allclose(GradientAscent().loss(student, None, labels, None), -nll)
-    assert torch.allclose(UnDIAL(gamma=3.0).loss(student, teacher, labels, weights),
+    assert torch.allclose(UnDIAL(gamma=3.0).loss(student, teacher.clone(), labels, weights),  # consumes it
                           undial_loss(student, teacher, labels, 3.0, weights))
     assert float(token_nll_sum(student, torch.full_like(labels, -100))) == 0.0
+
+
+def reference_undial_loss(student, teacher, labels, gamma, weights):
+    """The same loss written with plain autograd ops (log-softmax, gathered rows)."""
+    shifted, w = labels[:, 1:], weights[:, 1:]
+    rows = ((shifted != -100) & (w != 0)).nonzero(as_tuple=True)
+    z = teacher[:, :-1][rows].clone()
+    z[torch.arange(len(rows[0])), shifted[rows]] -= gamma
+    target = torch.softmax(z, -1)
+    per_position = -(target * torch.log_softmax(student[:, :-1][rows], -1)).sum(-1)
+    return (per_position * w[rows]).sum() / w[rows].sum()
+
+
+def test_gradient_matches_plain_autograd_and_passes_gradcheck():
+    student, teacher, labels, weights = (x.double() if x.is_floating_point() else x for x in random_batch())
+    student.requires_grad_(True)
+    undial_loss(student, teacher, labels, 4.0, weights).backward()
+    fast_grad = student.grad.clone()
+    student.grad = None
+    reference_undial_loss(student, teacher, labels, 4.0, weights).backward()
+    assert torch.allclose(fast_grad, student.grad, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda s: undial_loss(s, teacher, labels, 4.0, weights), (student,))
+
+
+def test_chunked_rows_give_the_same_loss_and_gradient(monkeypatch):
+    import trainables.undial as undial
+
+    student, teacher, labels, weights = random_batch(B=4, T=9, V=13)
+    results = []
+    for chunk_rows in (1000, 2, 1):  # one chunk; 2 rows per chunk; 1 row per chunk
+        monkeypatch.setattr(undial, "CHUNK_ELEMENTS", chunk_rows * 13)
+        s = student.clone().requires_grad_(True)
+        loss = undial_loss(s, teacher, labels, 6.0, weights)
+        loss.backward()
+        results.append((loss.detach(), s.grad))
+    for loss, grad in results[1:]:
+        assert torch.allclose(loss, results[0][0], atol=1e-6) and torch.allclose(grad, results[0][1], atol=1e-7)
+
+
+def test_consume_teacher_overwrites_only_when_asked_and_gives_the_same_loss():
+    student, teacher, labels, weights = random_batch()
+    kept = teacher.clone()
+    s1 = student.clone().requires_grad_(True)
+    undial_loss(s1, teacher, labels, 10.0, weights).backward()
+    assert torch.equal(teacher, kept)  # default: the caller's tensor is untouched
+    s2 = student.clone().requires_grad_(True)
+    loss = undial_loss(s2, teacher, labels, 10.0, weights, consume_teacher=True)
+    loss.backward()
+    assert not torch.equal(teacher, kept)  # targets written over the teacher's logits
+    assert torch.allclose(loss, undial_loss(student, kept, labels, 10.0, weights), atol=1e-6)
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-7)
+    half = kept.bfloat16()  # a bf16 teacher is never overwritten: the target must stay float32
+    undial_loss(student, half, labels, 10.0, weights, consume_teacher=True)
+    assert torch.equal(half, kept.bfloat16())
+
+
+def test_bf16_student_gets_a_bf16_gradient():
+    student, teacher, labels, weights = random_batch()
+    s = student.bfloat16().requires_grad_(True)
+    undial_loss(s, teacher.bfloat16(), labels, 10.0, weights).backward()
+    assert s.grad.dtype == torch.bfloat16 and s.grad.abs().sum() > 0
+
+
+def test_long_runs_as_views_and_scattered_rows_gathered_match_plain_autograd():
+    g = torch.Generator().manual_seed(3)
+    B, T, V = 4, 40, 17
+    student = torch.randn(B, T, V, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    weights = torch.ones(B, T, dtype=torch.float64)  # rows 0-1: runs of 39 rows (views)
+    weights[2:] = (torch.rand(2, T, generator=g) > 0.5).double()  # rows 2-3: scattered (gathered)
+    labels[1, 20:] = -100  # a run cut short by padding
+    loss = undial_loss(student, teacher.clone(), labels, 8.0, weights, consume_teacher=True)
+    loss.backward()
+    grad = student.grad.clone()
+    student.grad = None
+    reference = reference_undial_loss(student, teacher, labels, 8.0, weights)
+    reference.backward()
+    assert torch.allclose(loss, reference, atol=1e-12) and torch.allclose(grad, student.grad, atol=1e-12)

@@ -3,7 +3,8 @@
 A method sees one micro-batch and the student's (and, if it needs one, the
 teacher's) logits, and returns the scalar to minimise. `normalizer` is the
 global batch's denominator, so accumulation and data parallelism give the
-gradient of the whole batch (see undial_loss). Baselines (gradient ascent,
+gradient of the whole batch (see undial_loss). The caller hands teacher_logits
+over: a method may overwrite them (UnDIAL writes its targets there). Baselines (gradient ascent,
 GradDiff, NPO) share this interface.
 """
 
@@ -38,7 +39,8 @@ class UnDIAL:
     needs_teacher: bool = True
 
     def loss(self, student_logits, teacher_logits, labels, weights, normalizer=None):
-        return undial_loss(student_logits, teacher_logits, labels, self.gamma, weights, normalizer)
+        return undial_loss(student_logits, teacher_logits, labels, self.gamma, weights, normalizer,
+                           consume_teacher=True)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ For each participating position t (label y_t = input_ids[t+1]):
     target_t = softmax(z_teacher_t - gamma * onehot(y_t))     fixed, float32, no grad
     loss_t   = H(target_t, softmax(z_student_t))
 and the loss is the weighted mean over participating positions.
+
+Memory: a [B, T, V] logits tensor is the largest thing in a step (GPT-Neo's 50257-token
+vocabulary: 100 MB at batch 4 x 128). The loss works on chunks of rows and saves only the
+student's logits (which exist anyway) and the targets for backward: no log-softmax, product
+or gathered copy of the logits outlives a chunk. With `consume_teacher` the targets are
+written over the teacher's logits, so the teacher costs no more memory than its forward.
 """
 
 from __future__ import annotations
@@ -11,21 +17,142 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 22  # rows x vocabulary per chunk: 16 MB of float32 temporaries
 
 
-def adjusted_target(teacher_logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
-    """softmax(z - gamma * onehot(y)) in float32, rows [P, V] and labels [P]."""
-    with torch.no_grad():
-        z = teacher_logits.detach().float()
-        if z.data_ptr() == teacher_logits.data_ptr():  # never edit the caller's tensor in place
-            z = z.clone()
-        z.scatter_add_(-1, labels[:, None], torch.full_like(z[:, :1], -float(gamma)))
-        return torch.softmax(z, dim=-1)
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision and float32 logits; float64 stays float64 (gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _Rows:
+    """Chunks of the participating rows of a [B, T, V] tensor seen as [B*T, V].
+
+    `flat` holds the rows' flat indices in ascending order. A chunk holds at most
+    CHUNK_ELEMENTS values. A run of consecutive rows (a sequence whose every position
+    participates: the common case) is cut into views, not copies; short runs (scattered
+    selections) are gathered together, so the loop stays short either way.
+    """
+
+    MIN_VIEW_ROWS = 16
+
+    def __init__(self, flat: torch.Tensor, vocab: int):
+        self.flat = flat
+        size = max(1, CHUNK_ELEMENTS // max(1, vocab))
+        bounds = [0] + ((flat[1:] - flat[:-1]) != 1).nonzero().flatten().add(1).tolist() + [len(flat)]
+        firsts = flat[bounds[:-1]].tolist() if len(flat) else []
+        self.chunks = []  # (start, stop, first flat row) for a view; (start, stop, index tensor) gathered
+        pending = []  # short runs waiting to be gathered: (lo, hi)
+
+        def flush():
+            lo, hi = pending[0][0], pending[-1][1]
+            self.chunks.append((lo, hi, flat[lo:hi]))
+            pending.clear()
+
+        for (lo, hi), first in zip(zip(bounds[:-1], bounds[1:]), firsts):
+            if hi - lo >= min(size, self.MIN_VIEW_ROWS):
+                if pending:
+                    flush()
+                for start in range(lo, hi, size):
+                    self.chunks.append((start, min(hi, start + size), first + start - lo))
+            else:
+                if pending and hi - pending[0][0] > size:
+                    flush()
+                pending.append((lo, hi))
+        if pending:
+            flush()
+
+    def read(self, rows2d: torch.Tensor, chunk) -> torch.Tensor:
+        start, stop, where = chunk
+        if isinstance(where, int):
+            return rows2d.narrow(0, where, stop - start)
+        return rows2d.index_select(0, where)
+
+    def write(self, rows2d: torch.Tensor, chunk, values: torch.Tensor) -> None:
+        start, stop, where = chunk
+        if isinstance(where, int):
+            rows2d.narrow(0, where, stop - start).copy_(values)
+        else:
+            rows2d.index_copy_(0, where, values.to(rows2d.dtype))
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [N, V] sharing storage (a copy only for a non-contiguous input)."""
+    return x.view(-1, x.shape[-1]) if x.is_contiguous() else x.reshape(-1, x.shape[-1])
+
+
+@torch.no_grad()
+def _targets(teacher_logits, rows: _Rows, labels, gamma, consume_teacher):
+    """The adjusted targets of the participating rows, in float32 (float64 stays): (store,
+    store_rows) with row i's target at store_rows' i-th row of store. Written over the
+    teacher's logits when the caller handed them over and that is lossless; else a compact
+    [P, V] tensor."""
+    dtype = _compute_dtype(teacher_logits.dtype)
+    vocab = teacher_logits.shape[-1]
+    teacher = _as_rows(teacher_logits)
+    in_place = consume_teacher and teacher_logits.dtype == dtype and teacher.data_ptr() == teacher_logits.data_ptr()
+    if in_place:
+        store, store_rows = teacher, rows
+    else:
+        store = torch.empty(len(labels), vocab, dtype=dtype, device=teacher_logits.device)
+        store_rows = _Rows(torch.arange(len(labels), device=labels.device), vocab)
+    for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
+        start, stop, _ = chunk
+        z = rows.read(teacher, chunk).to(dtype, copy=True)
+        z[torch.arange(stop - start, device=z.device), labels[start:stop]] -= float(gamma)
+        store_rows.write(store, store_chunk, torch.softmax(z, dim=-1))
+    return store, store_rows
+
+
+def _aligned(store_rows: _Rows, rows: _Rows):
+    """store_rows' chunks cut like rows' chunks (same [start, stop) ranges of P)."""
+    if store_rows is rows:
+        return rows.chunks
+    return [(start, stop, start) for start, stop, _ in rows.chunks]  # store rows 0..P-1: views
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Per-row H(target, softmax(z)) = logsumexp(z) - <target, z> (targets sum to 1).
+
+    Saves the student's logits, the targets and one logsumexp per row; backward rebuilds
+    softmax(z) = exp(z - logsumexp) chunk by chunk and writes the gradient rows in place.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, rows, store, store_rows):
+        dtype = _compute_dtype(student_logits.dtype)
+        student = _as_rows(student_logits)
+        out = torch.empty(len(rows.flat), dtype=dtype, device=student_logits.device)
+        lse = torch.empty_like(out)
+        for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
+            start, stop, _ = chunk
+            z = rows.read(student, chunk).to(dtype)
+            target = store_rows.read(store, store_chunk)
+            lse[start:stop] = torch.logsumexp(z, dim=-1)
+            dot = torch.bmm(target.unsqueeze(1), z.unsqueeze(2)).flatten()  # row-wise <target, z>
+            out[start:stop] = lse[start:stop] - dot
+        ctx.rows, ctx.store_rows = rows, store_rows
+        ctx.save_for_backward(student_logits, store, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        student_logits, store, lse = ctx.saved_tensors
+        rows, store_rows = ctx.rows, ctx.store_rows
+        grad = torch.zeros_like(student_logits)
+        student, grad_rows = _as_rows(student_logits), grad.view(-1, grad.shape[-1])
+        for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
+            start, stop, _ = chunk
+            z = rows.read(student, chunk).to(lse.dtype)
+            g = (z - lse[start:stop, None]).exp_()  # softmax(z)
+            g.sub_(store_rows.read(store, store_chunk)).mul_(grad_out[start:stop, None])
+            rows.write(grad_rows, chunk, g)
+        return grad, None, None, None
 
 
 def undial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                 gamma: float, weights: torch.Tensor | None = None,
-                normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+                normalizer: float | torch.Tensor | None = None, consume_teacher: bool = False) -> torch.Tensor:
     """Weighted soft-target cross-entropy against the gamma-adjusted teacher.
 
     student_logits, teacher_logits: [B, T, V] as the model returns them (unshifted).
@@ -36,6 +163,8 @@ def undial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     normalizer: divide by this instead of the batch's own weight sum (gradient accumulation
         and data parallelism pass the global batch's weight sum so every split of the batch
         gives the same gradient).
+    consume_teacher: the caller hands teacher_logits over; the targets may overwrite them
+        (saves a logits-sized buffer). Off by default: the caller's tensor is left untouched.
 
     Positions whose label is -100 never participate and never index the vocabulary. With no
     participating position the result is a zero still connected to student_logits, so
@@ -52,12 +181,13 @@ def undial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     active = (shifted_labels != IGNORE_INDEX) & (shifted_weights != 0)
     if not bool(active.any()):
         return student_logits.sum() * 0.0
-    # Select participating rows first: the float32 work is then [P, V], not [B, T, V].
-    rows = active.nonzero(as_tuple=True)
-    student = student_logits[:, :-1][rows].float()
-    target = adjusted_target(teacher_logits[:, :-1][rows], shifted_labels[rows], gamma)
-    per_position = -(target * torch.log_softmax(student, dim=-1)).sum(-1)
-    w = shifted_weights[rows]
+    # Row (b, t) of the logits predicts shifted_labels[b, t]: only participating rows are touched.
+    batch_idx, pos_idx = active.nonzero(as_tuple=True)
+    rows = _Rows(batch_idx * student_logits.shape[1] + pos_idx, student_logits.shape[-1])
+    store, store_rows = _targets(teacher_logits.detach(), rows, shifted_labels[batch_idx, pos_idx], gamma,
+                                 consume_teacher)
+    per_position = _SoftCrossEntropy.apply(student_logits, rows, store, store_rows)
+    w = shifted_weights[batch_idx, pos_idx]
     denominator = w.sum() if normalizer is None else normalizer
     return (per_position * w).sum() / denominator
 
