@@ -214,3 +214,17 @@ def test_long_runs_as_views_and_scattered_rows_gathered_match_plain_autograd():
     reference = reference_undial_loss(student, teacher, labels, 8.0, weights)
     reference.backward()
     assert torch.allclose(loss, reference, atol=1e-12) and torch.allclose(grad, student.grad, atol=1e-12)
+
+
+def test_non_contiguous_logits_work_and_are_never_overwritten():
+    student, teacher, labels, weights = (x.double() if x.is_floating_point() else x for x in random_batch())
+    student_t = student.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)  # dense, permuted
+    teacher_t = teacher.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not student_t.is_contiguous() and not teacher_t.is_contiguous()
+    loss = undial_loss(student_t, teacher_t, labels, 5.0, weights, consume_teacher=True)
+    loss.backward()
+    assert torch.equal(teacher_t, teacher)  # a non-contiguous teacher gets a compact target instead
+    s = student.clone().requires_grad_(True)
+    reference = reference_undial_loss(s, teacher, labels, 5.0, weights)
+    reference.backward()
+    assert torch.allclose(loss, reference, atol=1e-12) and torch.allclose(student_t.grad, s.grad, atol=1e-12)

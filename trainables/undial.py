@@ -139,7 +139,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         student_logits, store, lse = ctx.saved_tensors
         rows, store_rows = ctx.rows, ctx.store_rows
-        grad = torch.zeros_like(student_logits)
+        grad = torch.zeros_like(student_logits, memory_format=torch.contiguous_format)  # viewable as rows
         student, grad_rows = _as_rows(student_logits), grad.view(-1, grad.shape[-1])
         for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
             start, stop, _ = chunk
