@@ -62,13 +62,15 @@ class _Rows:
         if pending:
             flush()
 
-    def read(self, rows2d: torch.Tensor, chunk) -> torch.Tensor:
+    @staticmethod
+    def read(rows2d: torch.Tensor, chunk) -> torch.Tensor:
         start, stop, where = chunk
         if isinstance(where, int):
             return rows2d.narrow(0, where, stop - start)
         return rows2d.index_select(0, where)
 
-    def write(self, rows2d: torch.Tensor, chunk, values: torch.Tensor) -> None:
+    @staticmethod
+    def write(rows2d: torch.Tensor, chunk, values: torch.Tensor) -> None:
         start, stop, where = chunk
         if isinstance(where, int):
             rows2d.narrow(0, where, stop - start).copy_(values)
@@ -84,31 +86,24 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _targets(teacher_logits, rows: _Rows, labels, gamma, consume_teacher):
     """The adjusted targets of the participating rows, in float32 (float64 stays): (store,
-    store_rows) with row i's target at store_rows' i-th row of store. Written over the
-    teacher's logits when the caller handed them over and that is lossless; else a compact
-    [P, V] tensor."""
+    store_chunks), store_chunks[k] locating rows.chunks[k]'s targets in store. Written over
+    the teacher's logits when the caller handed them over and that is lossless; else a
+    compact [P, V] tensor whose row i is participating row i's target."""
     dtype = _compute_dtype(teacher_logits.dtype)
     vocab = teacher_logits.shape[-1]
     teacher = _as_rows(teacher_logits)
     in_place = consume_teacher and teacher_logits.dtype == dtype and teacher.data_ptr() == teacher_logits.data_ptr()
     if in_place:
-        store, store_rows = teacher, rows
+        store, store_chunks = teacher, rows.chunks
     else:
         store = torch.empty(len(labels), vocab, dtype=dtype, device=teacher_logits.device)
-        store_rows = _Rows(torch.arange(len(labels), device=labels.device), vocab)
-    for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
+        store_chunks = [(start, stop, start) for start, stop, _ in rows.chunks]  # views of rows start..stop
+    for chunk, store_chunk in zip(rows.chunks, store_chunks):
         start, stop, _ = chunk
-        z = rows.read(teacher, chunk).to(dtype, copy=True)
+        z = _Rows.read(teacher, chunk).to(dtype, copy=True)
         z[torch.arange(stop - start, device=z.device), labels[start:stop]] -= float(gamma)
-        store_rows.write(store, store_chunk, torch.softmax(z, dim=-1))
-    return store, store_rows
-
-
-def _aligned(store_rows: _Rows, rows: _Rows):
-    """store_rows' chunks cut like rows' chunks (same [start, stop) ranges of P)."""
-    if store_rows is rows:
-        return rows.chunks
-    return [(start, stop, start) for start, stop, _ in rows.chunks]  # store rows 0..P-1: views
+        _Rows.write(store, store_chunk, torch.softmax(z, dim=-1))
+    return store, store_chunks
 
 
 class _SoftCrossEntropy(torch.autograd.Function):
@@ -119,34 +114,34 @@ class _SoftCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student_logits, rows, store, store_rows):
+    def forward(ctx, student_logits, rows, store, store_chunks):
         dtype = _compute_dtype(student_logits.dtype)
         student = _as_rows(student_logits)
         out = torch.empty(len(rows.flat), dtype=dtype, device=student_logits.device)
         lse = torch.empty_like(out)
-        for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
+        for chunk, store_chunk in zip(rows.chunks, store_chunks):
             start, stop, _ = chunk
-            z = rows.read(student, chunk).to(dtype)
-            target = store_rows.read(store, store_chunk)
+            z = _Rows.read(student, chunk).to(dtype)
+            target = _Rows.read(store, store_chunk)
             lse[start:stop] = torch.logsumexp(z, dim=-1)
             dot = torch.bmm(target.unsqueeze(1), z.unsqueeze(2)).flatten()  # row-wise <target, z>
             out[start:stop] = lse[start:stop] - dot
-        ctx.rows, ctx.store_rows = rows, store_rows
+        ctx.rows, ctx.store_chunks = rows, store_chunks
         ctx.save_for_backward(student_logits, store, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         student_logits, store, lse = ctx.saved_tensors
-        rows, store_rows = ctx.rows, ctx.store_rows
+        rows, store_chunks = ctx.rows, ctx.store_chunks
         grad = torch.zeros_like(student_logits, memory_format=torch.contiguous_format)  # viewable as rows
         student, grad_rows = _as_rows(student_logits), grad.view(-1, grad.shape[-1])
-        for chunk, store_chunk in zip(rows.chunks, _aligned(store_rows, rows)):
+        for chunk, store_chunk in zip(rows.chunks, store_chunks):
             start, stop, _ = chunk
-            z = rows.read(student, chunk).to(lse.dtype)
+            z = _Rows.read(student, chunk).to(lse.dtype)
             g = (z - lse[start:stop, None]).exp_()  # softmax(z)
-            g.sub_(store_rows.read(store, store_chunk)).mul_(grad_out[start:stop, None])
-            rows.write(grad_rows, chunk, g)
+            g.sub_(_Rows.read(store, store_chunk)).mul_(grad_out[start:stop, None])
+            _Rows.write(grad_rows, chunk, g)
         return grad, None, None, None
 
 
@@ -184,9 +179,9 @@ def undial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     # Row (b, t) of the logits predicts shifted_labels[b, t]: only participating rows are touched.
     batch_idx, pos_idx = active.nonzero(as_tuple=True)
     rows = _Rows(batch_idx * student_logits.shape[1] + pos_idx, student_logits.shape[-1])
-    store, store_rows = _targets(teacher_logits.detach(), rows, shifted_labels[batch_idx, pos_idx], gamma,
+    store, store_chunks = _targets(teacher_logits.detach(), rows, shifted_labels[batch_idx, pos_idx], gamma,
                                  consume_teacher)
-    per_position = _SoftCrossEntropy.apply(student_logits, rows, store, store_rows)
+    per_position = _SoftCrossEntropy.apply(student_logits, rows, store, store_chunks)
     w = shifted_weights[batch_idx, pos_idx]
     denominator = w.sum() if normalizer is None else normalizer
     return (per_position * w).sum() / denominator
