@@ -96,7 +96,7 @@ def worker(spec_path: str) -> None:
     """Under torchrun: the recipe on one model, then the timing and memory figures."""
     import torch
 
-    from orchestrator.config import UnlearnConfig, from_dict
+    from trainables.config import UnlearnConfig, from_dict
     from trainables.distributed import WorkerContext
     from trainables.train_loop import run_unlearning
 

@@ -41,7 +41,7 @@ def _worker(spec_path: str) -> None:
     """Inside torchrun: every run of the spec, one after another, in this process group."""
     import torch
 
-    from orchestrator.config import UnlearnConfig, from_dict
+    from trainables.config import UnlearnConfig, from_dict
     from trainables.distributed import WorkerContext
     from trainables.train_loop import run_unlearning
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 def build(args, lora: bool):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    from orchestrator.config import LoraConfig
+    from trainables.config import LoraConfig
     from trainables.models import apply_lora
 
     torch.manual_seed(0)

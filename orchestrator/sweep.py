@@ -47,7 +47,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from orchestrator.config import (UnlearnConfig, apply_overrides, dump_yaml, from_dict, read_yaml,
+from trainables.config import (UnlearnConfig, apply_overrides, dump_yaml, from_dict, read_yaml,
                                  resolve_demo_paths, to_plain)
 from orchestrator.pareto import Objective, format_front, front_table, hypervolume, reference_point, write_front
 from trainables.errors import InputError

@@ -301,7 +301,7 @@ def export_config(run_id: str, output: str | Path, tracking_uri: str | None = No
             raise InputError(f"RUN_ID: run '{run_id}' holds no config.yaml artifact{hint}") from None
         text = local.read_text()
     data = yaml.safe_load(text)
-    from orchestrator.config import UnlearnConfig, dump_yaml, from_dict
+    from trainables.config import UnlearnConfig, dump_yaml, from_dict
 
     cfg = from_dict(UnlearnConfig, data)  # refuses a config this version cannot run
     tags = run.data.tags

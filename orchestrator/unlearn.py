@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from orchestrator.config import UnlearnConfig, dump_yaml, from_dict, load_config, resolve_demo_paths
+from trainables.config import UnlearnConfig, dump_yaml, from_dict, load_config, resolve_demo_paths
 from trainables.errors import InputError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import (UnlearnConfig, apply_overrides, dump_yaml, from_dict, load_config,
+from trainables.config import (UnlearnConfig, apply_overrides, dump_yaml, from_dict, load_config,
                                  resolve_demo_paths)
 from trainables.errors import InputError
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import DataConfig, LoraConfig
+from trainables.config import DataConfig, LoraConfig
 from trainables.data import load_datasets, load_split
 from trainables.errors import InputError
 from trainables.methods import UnDIAL

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.config import load_config, resolve_demo_paths
+from trainables.config import load_config, resolve_demo_paths
 from orchestrator.unlearn import DEMO_CONFIG
 
 

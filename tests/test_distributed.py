@@ -84,7 +84,7 @@ def make_config(tiny: dict, mode: str, strategy: str | None = None, **sections) 
 @pytest.fixture(scope="module")
 def baselines(tiny) -> dict:
     """One process (no strategy), same global batch and seed: the reference per mode."""
-    from orchestrator.config import UnlearnConfig, from_dict
+    from trainables.config import UnlearnConfig, from_dict
     from trainables.distributed import WorkerContext
     from trainables.train_loop import run_unlearning
 
@@ -126,7 +126,7 @@ def ray_session():
 def _matrix_worker(config: dict) -> None:
     """Ray Train per-worker function: for each configuration, the recipe from scratch (keeping
     the checkpoints it reports), then again resumed from its step-2 checkpoint."""
-    from orchestrator.config import UnlearnConfig, from_dict
+    from trainables.config import UnlearnConfig, from_dict
     from trainables.distributed import WorkerContext
     from trainables.train_loop import RayReporter, run_unlearning
 
@@ -315,7 +315,7 @@ def test_killed_worker_restarts_from_checkpoint(tiny, baselines, ray_session):
     worker group (run.max_failures=1), which resumes from the step-2 checkpoint and ends with
     the uninterrupted run's losses and weights. ZeRO-3, full fine-tuning: the most state to
     bring back (partitioned weights and optimiser, a ZeRO-3 teacher)."""
-    from orchestrator.config import UnlearnConfig, from_dict
+    from trainables.config import UnlearnConfig, from_dict
     from orchestrator.launcher import fit_distributed
 
     cfg = from_dict(UnlearnConfig, make_config(tiny, "full", "zero3",
@@ -377,7 +377,7 @@ def test_torchrun_two_processes_without_ray(tiny, baselines):
 
 
 def test_deepspeed_config_merge(tmp_path):
-    from orchestrator.config import ScalingConfig, TrainConfig
+    from trainables.config import ScalingConfig, TrainConfig
     from trainables.errors import InputError
     from trainables.zero import build_deepspeed_config
 

@@ -375,7 +375,7 @@ def test_mlflow_parent_children_params_metrics_tags_artifacts(resumed_sweep):
 @pytest.mark.slow
 def test_pareto_and_export_commands(resumed_sweep, tmp_path, capsys):
     from orchestrator.cli import main
-    from orchestrator.config import load_config
+    from trainables.config import load_config
 
     s = resumed_sweep
     capsys.readouterr()

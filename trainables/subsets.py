@@ -28,89 +28,17 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from trainables.config import SUBSET_MODES as MODES
+from trainables.config import SUBSET_POLICIES as POLICIES
+from trainables.config import SubsetSpec, _compile_user_pattern, _number
 from trainables.errors import InputError
 from trainables.scoring import token_log_probs
 
-POLICIES = ("all", "entities", "nouns", "pattern", "spans", "reference")
-MODES = ("hard", "soft")
 
 _FIELD = "method.subset"
 
 
 # --------------------------------------------------------------------------- spec
-
-
-@dataclass(frozen=True)
-class SubsetSpec:
-    """Mirrors the YAML ``method.subset`` section."""
-
-    policy: str = "all"                   # all | entities | nouns | pattern | spans | reference
-    mode: str = "hard"                    # hard: 1 selected / 0 other ; soft: c selected / 1 other
-    soft_weight: float = 10.0             # c
-    spacy_pipeline: str = "en_core_web_sm"
-    entity_labels: tuple[str, ...] = ()   # empty = all entity labels
-    patterns: tuple[str, ...] = ()        # extra user regexes for `pattern` (builtin ones always on)
-    span_labels: tuple[str, ...] = ()     # for `spans`: which labelled fields count; empty = all
-    reference_model: str | None = None    # for `reference`: path/id of the reference causal LM
-    tau: float = 1.0                      # nats
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.policy, str) or self.policy not in POLICIES:
-            raise InputError(f"{_FIELD}.policy: unknown policy {self.policy!r} "
-                             f"(choose from {', '.join(POLICIES)})")
-        if not isinstance(self.mode, str) or self.mode not in MODES:
-            raise InputError(f"{_FIELD}.mode: unknown mode {self.mode!r} (choose from {', '.join(MODES)})")
-        c = _number("soft_weight", self.soft_weight)
-        if not c > 0:
-            raise InputError(f"{_FIELD}.soft_weight: must be > 0, got {self.soft_weight!r}")
-        tau = _number("tau", self.tau)
-        if not tau >= 0:
-            raise InputError(f"{_FIELD}.tau: must be >= 0 (nats), got {self.tau!r}")
-        object.__setattr__(self, "soft_weight", c)
-        object.__setattr__(self, "tau", tau)
-        if not isinstance(self.spacy_pipeline, str) or not self.spacy_pipeline.strip():
-            raise InputError(f"{_FIELD}.spacy_pipeline: must be a non-empty pipeline name or path, "
-                             f"got {self.spacy_pipeline!r}")
-        for name in ("entity_labels", "patterns", "span_labels"):
-            object.__setattr__(self, name, _str_tuple(name, getattr(self, name)))
-        for p in self.patterns:
-            _compile_user_pattern(p)
-        if self.reference_model is not None and (not isinstance(self.reference_model, str)
-                                                 or not self.reference_model.strip()):
-            raise InputError(f"{_FIELD}.reference_model: must be a model path or id, "
-                             f"got {self.reference_model!r}")
-        if self.policy == "reference" and self.reference_model is None:
-            raise InputError(f"{_FIELD}.reference_model: policy 'reference' needs a reference model "
-                             f"(path or id of a causal LM with the same tokenizer)")
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any] | None) -> "SubsetSpec":
-        """Build from the YAML mapping; unknown keys -> InputError naming the key."""
-        if section is None:
-            return cls()
-        if not isinstance(section, dict):
-            raise InputError(f"{_FIELD}: must be a mapping, got {type(section).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in section:
-            if key not in known:
-                raise InputError(f"{_FIELD}.{key}: unknown key (known: {', '.join(sorted(known))})")
-        return cls(**section)
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{_FIELD}.{name}: must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"{_FIELD}.{name}: must be a list of strings, got {value!r}")
-    return tuple(value)
 
 
 # ------------------------------------------------------------- positions & offsets
@@ -190,15 +118,6 @@ def _phone_ok(match: str) -> bool:
     core = _EXT.sub("", match)
     n = sum(ch.isdigit() for ch in core)
     return 7 <= n <= 15
-
-
-def _compile_user_pattern(pattern: str) -> re.Pattern:
-    if not isinstance(pattern, str) or not pattern:
-        raise InputError(f"{_FIELD}.patterns: each pattern must be a non-empty string, got {pattern!r}")
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise InputError(f"{_FIELD}.patterns: invalid regular expression {pattern!r}: {e}") from None
 
 
 def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -509,7 +509,7 @@ def train_fn_per_worker(config: dict) -> None:
     the run's last checkpoint (model/ + train_result.json), so a driver on another machine
     gets it from storage.
     """
-    from orchestrator.config import UnlearnConfig, from_dict
+    from trainables.config import UnlearnConfig, from_dict
 
     config = dict(config)
     output_dir = config.pop("_output_dir", None)
@@ -530,7 +530,7 @@ def train_fn_per_worker(config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """torchrun --nproc-per-node 2 -m trainables.train_loop CONFIG.yaml OUTPUT_DIR [key=value ...]"""
-    from orchestrator.config import load_config
+    from trainables.config import load_config
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2:

@@ -1,17 +1,21 @@
-"""One typed config for an unlearning run, loaded from YAML.
+"""One typed config for an unlearning run, shared by the driver and the workers.
 
-Every section is a dataclass; `load_config` builds them from plain dicts,
-refusing unknown keys and wrong types with one line that names the key
-(`train.lr: expected a number > 0, got -1`). CLI overrides are
-`key.sub=value` strings whose values are parsed as YAML scalars.
+Every section is a dataclass; `from_dict` builds them from plain dicts, refusing
+unknown keys, wrong types and non-finite numbers with one line that names the key
+(`train.lr: expected a number > 0, got -1`); each section's `validate` checks its
+values the same way (`_check`). CLI overrides are `key.sub=value` strings whose
+values are parsed as YAML scalars.
 
-The module is pure (PyYAML and dataclasses only) so a worker process can
-rebuild the typed config from the plain dict Ray hands it.
+The module imports neither torch nor ray (PyYAML and dataclasses only): the driver
+validates before anything heavy is imported, and a worker rebuilds the typed config
+from the plain dict Ray hands it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,9 +25,97 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from trainables.errors import InputError
-from trainables.subsets import SubsetSpec
 
 DEMO_PREFIX = "demo:"  # "demo:model" -> <built demo dir>/model
+
+
+# --------------------------------------------------------------------------------------------
+# The token subset S (method.subset); trainables.subsets applies it.
+
+SUBSET_POLICIES = ("all", "entities", "nouns", "pattern", "spans", "reference")
+SUBSET_MODES = ("hard", "soft")
+_FIELD = "method.subset"
+# The registry's names (trainables.methods.METHODS; a test keeps the two equal).
+METHOD_NAMES = ("undial", "finetune", "gradient_ascent")
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """Mirrors the YAML ``method.subset`` section."""
+
+    policy: str = "all"                   # all | entities | nouns | pattern | spans | reference
+    mode: str = "hard"                    # hard: 1 selected / 0 other ; soft: c selected / 1 other
+    soft_weight: float = 10.0             # c
+    spacy_pipeline: str = "en_core_web_sm"
+    entity_labels: tuple[str, ...] = ()   # empty = all entity labels
+    patterns: tuple[str, ...] = ()        # extra user regexes for `pattern` (builtin ones always on)
+    span_labels: tuple[str, ...] = ()     # for `spans`: which labelled fields count; empty = all
+    reference_model: str | None = None    # for `reference`: path/id of the reference causal LM
+    tau: float = 1.0                      # nats
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, str) or self.policy not in SUBSET_POLICIES:
+            raise InputError(f"{_FIELD}.policy: unknown policy {self.policy!r} "
+                             f"(choose from {', '.join(SUBSET_POLICIES)})")
+        if not isinstance(self.mode, str) or self.mode not in SUBSET_MODES:
+            raise InputError(f"{_FIELD}.mode: unknown mode {self.mode!r} (choose from {', '.join(SUBSET_MODES)})")
+        c = _number("soft_weight", self.soft_weight)
+        if not c > 0:
+            raise InputError(f"{_FIELD}.soft_weight: must be > 0, got {self.soft_weight!r}")
+        tau = _number("tau", self.tau)
+        if not tau >= 0:
+            raise InputError(f"{_FIELD}.tau: must be >= 0 (nats), got {self.tau!r}")
+        object.__setattr__(self, "soft_weight", c)
+        object.__setattr__(self, "tau", tau)
+        if not isinstance(self.spacy_pipeline, str) or not self.spacy_pipeline.strip():
+            raise InputError(f"{_FIELD}.spacy_pipeline: must be a non-empty pipeline name or path, "
+                             f"got {self.spacy_pipeline!r}")
+        for name in ("entity_labels", "patterns", "span_labels"):
+            object.__setattr__(self, name, _str_tuple(name, getattr(self, name)))
+        for p in self.patterns:
+            _compile_user_pattern(p)
+        if self.reference_model is not None and (not isinstance(self.reference_model, str)
+                                                 or not self.reference_model.strip()):
+            raise InputError(f"{_FIELD}.reference_model: must be a model path or id, "
+                             f"got {self.reference_model!r}")
+        if self.policy == "reference" and self.reference_model is None:
+            raise InputError(f"{_FIELD}.reference_model: policy 'reference' needs a reference model "
+                             f"(path or id of a causal LM with the same tokenizer)")
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None) -> "SubsetSpec":
+        """Build from the YAML mapping; unknown keys -> InputError naming the key."""
+        if section is None:
+            return cls()
+        if not isinstance(section, dict):
+            raise InputError(f"{_FIELD}: must be a mapping, got {type(section).__name__}")
+        return from_dict(cls, section, _FIELD)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{_FIELD}.{name}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{_FIELD}.{name}: must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _compile_user_pattern(pattern: str) -> re.Pattern:
+    if not isinstance(pattern, str) or not pattern:
+        raise InputError(f"{_FIELD}.patterns: each pattern must be a non-empty string, got {pattern!r}")
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise InputError(f"{_FIELD}.patterns: invalid regular expression {pattern!r}: {e}") from None
+
 
 
 @dataclass
@@ -57,18 +149,14 @@ class MethodConfig:
     retain_weight: float = 0.0  # alpha of an optional retain-set NLL term
     teacher: Literal["live", "cached"] = "live"  # full fine-tuning only; LoRA disables adapters
     teacher_cache_max_gb: float = 4.0
-    npo_beta: float = 0.1
 
     def validate(self, path: str) -> None:
-        from trainables.methods import METHODS
-
-        _check(self.name in METHODS, f"{path}.name", f"unknown method (choose from {', '.join(METHODS)})",
+        _check(self.name in METHOD_NAMES, f"{path}.name", f"unknown method (choose from {', '.join(METHOD_NAMES)})",
                self.name)
         _check(self.gamma >= 0, f"{path}.gamma", "expected a number >= 0", self.gamma)
         _check(self.retain_weight >= 0, f"{path}.retain_weight", "expected a number >= 0", self.retain_weight)
         _check(self.teacher_cache_max_gb > 0, f"{path}.teacher_cache_max_gb", "expected a number > 0",
                self.teacher_cache_max_gb)
-        _check(self.npo_beta > 0, f"{path}.npo_beta", "expected a number > 0", self.npo_beta)
 
 
 @dataclass
@@ -311,6 +399,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 raise InputError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -399,12 +489,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> UnlearnConfig:
-    """YAML file (or `base` dict) + overrides -> validated UnlearnConfig."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        data = read_yaml(path)
+def load_config(path: str | Path, overrides: list[str] | None = None) -> UnlearnConfig:
+    """YAML file + overrides -> validated UnlearnConfig."""
+    data = read_yaml(path)
     apply_overrides(data, list(overrides or []))
     return from_dict(UnlearnConfig, data)
 
