@@ -63,14 +63,10 @@ def _demo():
 
 
 def _random(n_seq: int = 32, seed: int = 0):
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    from trainables.tiny import gpt_neo_config, random_model
 
-    torch.manual_seed(seed)
-    cfg = GPTNeoConfig(vocab_size=4096, max_position_embeddings=128, hidden_size=256, num_layers=4, num_heads=4,
-                       attention_types=[[["global", "local"], 2]], window_size=64, intermediate_size=1024,
-                       embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
-                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    model = GPTNeoForCausalLM(cfg).eval()
+    cfg = gpt_neo_config(4096, hidden=256, layers=4, heads=4, context=128, local_attention=True, window=64)
+    model = random_model(cfg, seed).eval()
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(1, 4096, (n_seq, MAX_LEN), generator=g)
     return model, ids, torch.ones_like(ids), f"random GPT-Neo (4x256, vocab 4096), {n_seq} x {MAX_LEN} random tokens"

@@ -51,18 +51,14 @@ def build_assets(root: Path, size: str, vocab: int, seq: int, n_records: int, de
     Returns the parameter count N."""
     import numpy as np
     import torch
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    from trainables.tiny import tiny_records, train_tokenizer
+    from trainables.tiny import gpt_neo_config, random_model, tiny_records, train_tokenizer
 
-    layers = SHAPES[size]["num_layers"]
+    shape = SHAPES[size]
     tokenizer = train_tokenizer([r["text"] for r in tiny_records(64)] * 4, 320, seq)
-    config = GPTNeoConfig(vocab_size=vocab, max_position_embeddings=max(2048, seq), window_size=256,
-                          attention_types=[[["global", "local"], layers // 2]], **SHAPES[size],
-                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = GPTNeoForCausalLM(config)
+    config = gpt_neo_config(vocab, hidden=shape["hidden_size"], layers=shape["num_layers"], heads=shape["num_heads"],
+                            context=max(2048, seq), local_attention=True, window=256, eos_id=tokenizer.eos_token_id)
+    model = random_model(config, seed=0, device=device)
     n_params = sum(p.numel() for p in model.parameters())
     model.to(torch.bfloat16).save_pretrained(root / "model", safe_serialization=True)  # loaded as fp32
     tokenizer.save_pretrained(root / "model")

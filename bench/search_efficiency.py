@@ -33,7 +33,8 @@ policy "reference", gamma in about [10, 18], lr in about [5e-5, 3e-4].
 
 Hypervolume uses orchestrator.pareto with the fixed reference el3 = 1.0,
 mauve = 0.0 (the worst possible values), over the observed (noisy) values,
-which is what a sweep reports. NSGA-II runs with population_size 10 so that
+which is what a sweep reports (each front is checked against Optuna's own,
+Study.best_trials). NSGA-II runs with population_size 10 so that
 a 40-trial budget gives it 4 generations (with its default of 50 it would
 be random search). The last line printed is one JSON object.
 """
@@ -53,7 +54,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.pareto import Objective, hypervolume  # noqa: E402
+from orchestrator.pareto import Objective, hypervolume, pareto_front  # noqa: E402
 
 OBJECTIVES = [Objective("el3", "min"), Objective("mauve", "max")]
 REFERENCE = {"el3": 1.0, "mauve": 0.0}
@@ -122,6 +123,11 @@ def run_one(sampler_name: str, seed: int, n_trials: int) -> tuple[float, list[di
     study.optimize(objective, n_trials=n_trials)
     rows = [{"trial_id": t.number, "params": t.params, "el3": t.values[0], "mauve": t.values[1]}
             for t in study.trials if t.values is not None]
+    # the front the hypervolume counts is Optuna's own (Study.best_trials)
+    ours = {rows[i]["trial_id"] for i in pareto_front(rows, OBJECTIVES)}
+    theirs = {t.number for t in study.best_trials}
+    if ours != theirs:
+        raise AssertionError(f"{sampler_name} seed {seed}: Pareto front {sorted(ours)} != Optuna's {sorted(theirs)}")
     return hypervolume(rows, OBJECTIVES, REFERENCE), rows
 
 

@@ -37,17 +37,11 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from orchestrator.unlearn import evaluate_path, format_metrics, resolve_config, staged_output, write_json
-    from trainables.data import load_datasets
-    from trainables.models import load_tokenizer
+    from orchestrator.unlearn import format_metrics, resolve_config, run_eval_job
 
     config_path, overrides = _split_config(args)
     cfg = resolve_config(config_path, overrides, args.demo)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = load_datasets(cfg.data, tokenizer, need_retain=False)
-    with staged_output(args.output, args.overwrite) as stage:
-        metrics = evaluate_path(cfg, args.model, data, tokenizer)
-        write_json(stage / "metrics.json", {"model": args.model or cfg.model.name_or_path, "metrics": metrics})
+    metrics = run_eval_job(cfg, args.model, args.output, overwrite=args.overwrite)
     print(format_metrics(metrics))
     return 0
 
@@ -108,7 +102,11 @@ def _has_cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
+    from orchestrator.launcher import keep_local_ray_on_loopback
+
+    keep_local_ray_on_loopback()  # before anything imports ray
+    if not getattr(args, "light", False):  # `pareto` / `export` stay free of torch and transformers
+        quiet_libraries()
     try:
         return args.func(args)
     except InputError as exc:

@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from trainables.errors import InputError
+from trainables.io import write_text
+from trainables.metric_names import ALIASES, METRICS, resolve
 
 __all__ = [
     "Objective",
@@ -248,31 +249,45 @@ def hypervolume(points: Sequence[Mapping[str, float]],
 
 # --------------------------------------------------------------------------- reference points
 
-#: Objectives known to lie in [0, 1], with their usual direction and the
-#: natural reference (worst possible) value. Names are matched on the part
-#: after the last "/" or ".", so "forget/el3" counts as "el3".
-KNOWN_BOUNDS: dict[str, tuple[str, float]] = {
-    "el3": ("min", 1.0),
-    "el10": ("min", 1.0),
-    "ma": ("min", 1.0),
-    "mia": ("min", 1.0),
-    "mauve": ("max", 0.0),
-}
-_KNOWN_PATTERNS = [
-    (re.compile(r"^el\d+$"), ("min", 1.0)),     # extraction likelihood, any n-gram size
-    (re.compile(r"^mia\w*$"), ("min", 1.0)),    # membership-inference AUCs
-]
-
-
 def known_bound(name: str) -> tuple[str, float] | None:
-    """(mode, reference value) for an objective known to lie in [0, 1], else None."""
-    base = re.split(r"[/.]", name)[-1]
-    if base in KNOWN_BOUNDS:
-        return KNOWN_BOUNDS[base]
-    for pattern, bound in _KNOWN_PATTERNS:
-        if pattern.match(base):
-            return bound
+    """(direction, worst value) of a bounded metric of the metric table (trainables.metric_names:
+    el<n>, ma, mia_auc, mauve, ...), else None. A "section/" prefix is ignored ("forget/el3" is
+    el3), and so are leading dotted parts the table does not know ("after.forget.el3").
+    Ratios (`*_ratio`) have no known bound."""
+    base = name.rsplit("/", 1)[-1]
+    parts = base.split(".")
+    for i in range(len(parts)):
+        try:
+            metric, ratio = resolve(".".join(parts[i:]))
+        except KeyError:
+            continue
+        worst = metric.worst()
+        return None if ratio or worst is None else (metric.direction, float(worst))
     return None
+
+
+class _KnownBounds(Mapping):
+    """`known_bound` as a read-only mapping: name -> (direction, worst value). Iterates the
+    table's bounded names and aliases; el<n> for any n is found too."""
+
+    def __getitem__(self, name: str) -> tuple[str, float]:
+        bound = known_bound(name) if isinstance(name, str) else None
+        if bound is None:
+            raise KeyError(name)
+        return bound
+
+    def _names(self) -> list[str]:
+        return [n for n in [*ALIASES, *METRICS] if known_bound(n) is not None]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+#: Objectives with a known worst value (their natural hypervolume reference), from the table.
+KNOWN_BOUNDS: Mapping[str, tuple[str, float]] = _KnownBounds()
 
 
 def default_reference(points: Sequence[Mapping[str, float]],
@@ -300,10 +315,10 @@ def reference_point(objectives: Sequence[Objective | Sequence[str]],
                     points: Sequence[Mapping[str, float]] | None = None) -> dict[str, float]:
     """The reference point a sweep reports hypervolume against.
 
-    Objectives known to lie in [0, 1] (``el*``, ``ma``, ``mia*`` minimised;
-    ``mauve`` maximised; see `known_bound`) get their worst possible value:
-    1.0 for the min ones, 0.0 for the max ones, so hypervolumes of
-    different sweeps are comparable. Any other objective (or a known one
+    Objectives the metric table bounds (``el*``, ``ma``, ``mia_auc``
+    minimised; ``mauve`` maximised; see `known_bound`) get their worst
+    possible value (1.0 for those min ones, 0.0 for mauve), so hypervolumes
+    of different sweeps are comparable. Any other objective (or a known one
     optimised in the unusual direction) falls back to `default_reference`
     over `points`; without points that is an InputError naming it.
     """
@@ -442,8 +457,8 @@ def format_front(rows: Sequence[Mapping[str, Any]],
 
 # --------------------------------------------------------------------------- files
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and os.replace."""
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Atomic like trainables.io.write_text, for the PNG (bytes): temp file + os.replace."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -473,14 +488,14 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _csv_bytes(front: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
+def _csv_text(front: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for f in front:
         w.writerow(["" if f.get(c) is None else (repr(float(f[c])) if isinstance(f[c], (float, np.floating))
                                                   else str(f[c])) for c in columns])
-    return buf.getvalue().encode("utf-8")
+    return buf.getvalue()
 
 
 def _hover(row_flat: Mapping[str, Any], id_key: str | None, objs: list[Objective],
@@ -545,8 +560,8 @@ def _png_bytes(P: np.ndarray, front_mask: np.ndarray, objs: list[Objective],
     return buf.getvalue()
 
 
-def _html_bytes(P: np.ndarray, front_mask: np.ndarray, hovers: list[str], objs: list[Objective],
-                reference: np.ndarray, title: str) -> bytes:
+def _html_text(P: np.ndarray, front_mask: np.ndarray, hovers: list[str], objs: list[Objective],
+               reference: np.ndarray, title: str) -> str:
     import plotly.graph_objects as go
 
     d = len(objs)
@@ -589,7 +604,7 @@ def _html_bytes(P: np.ndarray, front_mask: np.ndarray, hovers: list[str], objs: 
                                diagonal_visible=False))
     fig.update_layout(title=title, template="plotly_white", hovermode="closest")
     # include_plotlyjs=True embeds plotly.js: the page works offline.
-    return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
+    return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
 def write_front(rows: Sequence[Mapping[str, Any]],
@@ -645,8 +660,8 @@ def write_front(rows: Sequence[Mapping[str, Any]],
         "front": _jsonable(front),
     }
     paths = {k: out / f"pareto_front.{k}" for k in ("csv", "json", "png", "html")}
-    _atomic_write(paths["csv"], _csv_bytes(flat_front, columns))
-    _atomic_write(paths["json"], (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode("utf-8"))
-    _atomic_write(paths["png"], _png_bytes(P, front_mask, objs, ref_orig, title))
-    _atomic_write(paths["html"], _html_bytes(P, front_mask, hovers, objs, ref_orig, title))
+    write_text(paths["csv"], _csv_text(flat_front, columns))
+    write_text(paths["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN
+    _write_bytes(paths["png"], _png_bytes(P, front_mask, objs, ref_orig, title))
+    write_text(paths["html"], _html_text(P, front_mask, hovers, objs, ref_orig, title))
     return paths

@@ -1,12 +1,13 @@
 """`undial sweep`, `undial pareto`, `undial export`: the sweep commands of the CLI.
 
-    undial sweep SPACE.yaml [key=value ...] [--output DIR] [--resume] [--overwrite]
+    undial sweep SPACE.yaml | --demo [key=value ...] [--output DIR] [--resume] [--overwrite]
     undial pareto SWEEP_DIR [--json]
     undial export RUN_ID --output FILE.yaml [--tracking-uri URI | --sweep DIR]
 
 Overrides address the search space (`budget.num_samples=4`, `parameters.train.lr.high=3e-4`)
 or, when the key starts with a config section (`train.max_steps=40`), the base run config.
-Heavy imports (Ray, MLflow, torch) happen inside the commands, so `undial --help` stays quick.
+Heavy imports (Ray, MLflow, torch) happen inside the commands, so `undial --help` stays quick;
+`pareto` and `export` never import torch, transformers or Ray (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ def _space_and_overrides(args) -> tuple[str | None, list[str]]:
     if space is not None and "=" in space and not space.endswith((".yaml", ".yml")):
         overrides.insert(0, space)
         space = None
+    if getattr(args, "demo", False):
+        if space is not None:
+            raise InputError("give either SPACE.yaml or --demo, not both")
+        from orchestrator.unlearn import DEMO_SPACE
+
+        space = str(DEMO_SPACE)
     return space, overrides
 
 
 def cmd_sweep(args) -> int:
-    import yaml
-
-    from orchestrator.sweep import load_space, run_sweep, space_from_dict
+    from orchestrator.space import load_space, read_saved_space
 
     space_path, overrides = _space_and_overrides(args)
     if space_path is None:
@@ -41,10 +46,12 @@ def cmd_sweep(args) -> int:
             raise InputError(f"--resume: {args.output} holds no sweep to resume (no space.yaml)")
         if overrides:
             raise InputError("overrides: give the space file too when overriding on --resume")
-        space = space_from_dict(yaml.safe_load(saved.read_text()))
+        space = read_saved_space(saved)
     else:
         space = load_space(space_path, overrides)
     output = args.output or str(Path("runs") / space.name)
+    from orchestrator.sweep import run_sweep  # Ray: only once the space is known to be valid
+
     summary = run_sweep(space, output, resume=args.resume, overwrite=args.overwrite)
     print(f"wall time {summary['wall_seconds'] / 60:.1f} min; summary in {Path(output) / 'summary.json'}")
     return 0 if summary["counts"]["ok"] + summary["counts"]["infeasible"] > 0 else 1
@@ -52,7 +59,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_pareto(args) -> int:
     from orchestrator.pareto import format_front, front_table
-    from orchestrator.sweep import space_reference, sweep_front
+    from orchestrator.results import count_statuses, space_reference, sweep_front
 
     space, rows, frows = sweep_front(args.sweep_dir)
     objs = space.objective_list
@@ -63,7 +70,7 @@ def cmd_pareto(args) -> int:
                           "front": front, "trials": rows}, indent=2, default=str))
         return 0
     print(format_front(frows, objs, reference))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "infeasible", "failed", "unfinished")}
+    counts = count_statuses(rows)
     extra = [f"{n} {s}" for s, n in counts.items() if n and s != "ok"]
     if extra:
         print("also: " + ", ".join(extra))
@@ -80,10 +87,14 @@ def cmd_export(args) -> int:
     if uri is None and args.sweep:
         state = Path(args.sweep) / "sweep.json"
         if state.is_file():
-            uri = json.loads(state.read_text()).get("tracking_uri")
+            try:
+                uri = json.loads(state.read_text()).get("tracking_uri")
+            except (ValueError, AttributeError):
+                raise InputError(f"--sweep: {state} is not readable sweep state (not a JSON object)") from None
         else:
             uri = f"sqlite:///{(Path(args.sweep) / 'mlflow.db').resolve()}"
-    path = export_config(args.run_id, args.output, uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    path = export_config(args.run_id, args.output, uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                         overwrite=args.overwrite)
     print(f"wrote {path}; run it with: undial unlearn {path} --output DIR")
     return 0
 
@@ -95,6 +106,8 @@ def add_sweep_commands(sub) -> None:
     sweep.add_argument("space", nargs="?", metavar="SPACE.yaml", help="a search space (search_spaces/*.yaml)")
     sweep.add_argument("overrides", nargs="*", metavar="key=value",
                        help="e.g. budget.num_samples=4 train.max_steps=40 parameters.train.lr.high=3e-4")
+    sweep.add_argument("--demo", action="store_true",
+                       help="the built-in offline demo's search space (search_spaces/demo.yaml, shipped with the package)")
     sweep.add_argument("--output", help="the sweep folder (default: runs/<space name>)")
     sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
     sweep.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
@@ -103,11 +116,12 @@ def add_sweep_commands(sub) -> None:
     pareto = sub.add_parser("pareto", help="print a sweep's Pareto front")
     pareto.add_argument("sweep_dir", metavar="SWEEP_DIR")
     pareto.add_argument("--json", action="store_true", help="print JSON (front and every trial)")
-    pareto.set_defaults(func=cmd_pareto)
+    pareto.set_defaults(func=cmd_pareto, light=True)  # no torch / transformers / ray: see cli.main
 
     export = sub.add_parser("export", help="write a trial's config (an MLflow run) as an `undial unlearn` config")
     export.add_argument("run_id", metavar="RUN_ID", help="the trial's MLflow run id")
     export.add_argument("--output", required=True, metavar="FILE.yaml")
     export.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
     export.add_argument("--sweep", metavar="DIR", help="the sweep folder: its MLflow store")
-    export.set_defaults(func=cmd_export)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    export.set_defaults(func=cmd_export, light=True)

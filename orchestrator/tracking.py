@@ -74,27 +74,6 @@ def retry(fn: Callable, *args, attempts: int = 10, **kwargs):
     return None  # unreachable
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
-
-
-def numeric(tree: Mapping[str, Any]) -> dict[str, float]:
-    """The finite-or-NaN numbers of a (nested) mapping, flattened with dots; bools excluded."""
-    out = {}
-    for key, value in flatten(tree).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        out[key] = float(value)
-    return out
-
-
 class Tracker:
     """A thin, retrying wrapper over MlflowClient for one tracking URI (picklable: the client
     is made lazily in each process)."""
@@ -272,12 +251,26 @@ def git_state(repo: str | Path | None = None) -> dict[str, str]:
 # Export: a trial's config as a ready-to-run `undial unlearn` config.
 
 
-def export_config(run_id: str, output: str | Path, tracking_uri: str | None = None) -> Path:
-    """Write the config.yaml artifact of child run `run_id` to `output`."""
+def export_config(run_id: str, output: str | Path, tracking_uri: str | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write the config.yaml artifact of child run `run_id` to `output` (atomically; an existing
+    file only with `overwrite`, checked before MLflow is asked)."""
     import tempfile
 
     import yaml
 
+    from trainables.io import write_text
+
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(f"--output: {output} is a folder; give a file name (e.g. best.yaml)")
+    if output.exists() and not overwrite:
+        raise InputError(f"--output: {output} exists (pass --overwrite to replace it)")
+    existing = output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--output: {existing} is a file, not a folder: cannot create {output}")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -312,7 +305,9 @@ def export_config(run_id: str, output: str | Path, tracking_uri: str | None = No
     shown = [f"{k} {metrics[k]:.4g}" for k in ("el3", "mauve", "retain_ppl_ratio") if k in metrics]
     if shown:
         header.append("# Sweep result: " + ", ".join(shown))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(header) + "\n" + dump_yaml(cfg))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_text(output, "\n".join(header) + "\n" + dump_yaml(cfg))
+    except OSError as exc:
+        raise InputError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     return output

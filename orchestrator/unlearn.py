@@ -1,5 +1,6 @@
-"""Driver side of one unlearning job: evaluate the original model, train (in this
-process, or across Ray Train workers), evaluate the result, write the report.
+"""Driver side of one unlearning job: check the config and files, run the job (in this
+process, or across Ray Train workers, which evaluate the original model, train, evaluate the
+selected model where it is and save it), write the report. The driver loads no model.
 
 Everything goes to a staging folder beside the output and is moved into place
 only when the job succeeded, so a failed or refused job leaves nothing
@@ -9,7 +10,6 @@ half-written behind.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -17,8 +17,25 @@ from pathlib import Path
 
 from trainables.config import UnlearnConfig, dump_yaml, from_dict, load_config, resolve_demo_paths
 from trainables.errors import InputError
+from trainables.io import write_json, write_text
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+def _shipped(package: str, name: str, checkout_dir: str) -> Path:
+    """A file shipped as package data (pyproject.toml maps configs/ and search_spaces/ into the
+    undial_assets namespace); from a source tree that was never installed, the checkout's copy."""
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files(package) / name))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        path = Path(__file__).resolve().parent.parent / checkout_dir / name
+    return path
+
+
+DEMO_CONFIG = _shipped("undial_assets.configs", "demo.yaml", "configs")
+DEMO_SPACE = _shipped("undial_assets.search_spaces", "demo.yaml", "search_spaces")  # `undial sweep --demo`
 
 
 def resolve_config(config_path: str | None, overrides: list[str], demo: bool, log=print) -> UnlearnConfig:
@@ -41,12 +58,37 @@ def resolve_config(config_path: str | None, overrides: list[str], demo: bool, lo
 
 @contextlib.contextmanager
 def staged_output(path: str | Path, overwrite: bool = False):
-    """Yield a fresh staging folder; on success it replaces `path`, on failure it is removed."""
+    """Yield a fresh staging folder; on success it replaces `path`, on failure it is removed.
+
+    Stages are `.NAME.partial-PID-XXXX` beside `path`; a run killed outright (SIGKILL, power)
+    leaves its stage behind, so each run removes the stale ones of the same output first: those
+    whose process is gone (a stage of a live process, e.g. a concurrent run, is kept)."""
     path = Path(path)
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--output: {existing} is a file, not a folder: cannot create {path}")
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise InputError(f"--output: {path} exists and is not empty (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    prefix = f".{path.name}.partial-"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in [p for p in path.parent.iterdir() if p.name.startswith(prefix)]:
+            pid = old.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) > 0:
+                try:
+                    os.kill(int(pid), 0)
+                    continue  # its process is alive: not stale
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    continue  # alive, another user's
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=path.parent))
+    except OSError as exc:
+        raise InputError(f"--output: cannot create {path} ({exc.strerror or exc})") from None
     try:
         yield stage
     except BaseException:
@@ -57,57 +99,57 @@ def staged_output(path: str | Path, overwrite: bool = False):
     os.replace(stage, path)
 
 
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
-
-
 def runs_locally(cfg: UnlearnConfig) -> bool:
     return cfg.scaling.num_workers == 1 and cfg.scaling.strategy == "none" and not os.environ.get("RAY_ADDRESS")
 
 
-def evaluate_path(cfg: UnlearnConfig, model_path: str | None, data, tokenizer, log=print) -> dict:
-    from trainables.evaluate import evaluate_model, load_result_model
-
-    model = load_result_model(model_path or cfg.model.name_or_path, cfg.model.dtype,
-                              trust_remote_code=cfg.model.trust_remote_code)
-    return evaluate_model(model, tokenizer, data, cfg.eval, seed=cfg.train.seed, log=log)
-
-
-def train(cfg: UnlearnConfig, model_dir: Path, stage: Path, log=print) -> dict:
-    """Run the training function here (one process) or through Ray Train."""
+def run_job(cfg: UnlearnConfig, model_dir: Path | None, stage: Path, job: dict, log=print) -> dict:
+    """The per-worker function here (one process) or across Ray Train workers; `job` says what
+    they evaluate (trainables.train_loop.Job). model_dir None: evaluation only."""
     if runs_locally(cfg):
         from trainables.distributed import WorkerContext
-        from trainables.train_loop import run_unlearning
+        from trainables.train_loop import Job, run_evaluation, run_unlearning
 
-        return run_unlearning(cfg, WorkerContext.setup(cfg.scaling.use_gpu), model_dir, log=log)
+        ctx = WorkerContext.setup(cfg.scaling.use_gpu)
+        job_ = Job.from_plain(job)
+        return run_unlearning(cfg, ctx, model_dir, log=log, job=job_) if job_.train else run_evaluation(cfg, ctx, log)
     from orchestrator.launcher import fit_distributed
 
-    return fit_distributed(cfg, model_dir, storage_default=stage / "ray", log=log)
+    return fit_distributed(cfg, model_dir, storage_default=stage / "ray", log=log, job=job)
 
 
 def run_unlearn_job(cfg: UnlearnConfig, output: str | Path, overwrite: bool = False, log=print) -> dict:
-    from trainables.data import load_datasets
-    from trainables.models import load_tokenizer
+    from trainables.preflight import preflight
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
-                               cfg.model.revision)
-    data = load_datasets(cfg.data, tokenizer, need_retain=False)  # refuses bad data before any output
+    preflight(cfg)  # refuses bad input before any output
     with staged_output(output, overwrite) as stage:
-        (stage / "config.yaml").write_text(dump_yaml(cfg))
-        log("evaluating the original model ...")
-        before = evaluate_path(cfg, None, data, tokenizer, log)
-        result = train(cfg, stage / "model", stage, log)
-        log("evaluating the unlearned model ...")
-        after = evaluate_path(cfg, str(stage / "model"), data, tokenizer, log)
-        report = {"before": before, "after": after,
-                  "training": {k: result.get(k) for k in ("best_step", "steps", "stopped", "seconds")}}
+        write_text(stage / "config.yaml", dump_yaml(cfg))
+        result = run_job(cfg, stage / "model", stage, {"evaluate_original": True, "evaluate_final": True}, log)
+        evaluation = result["evaluation"]
+        report = {"before": evaluation["original"], "after": evaluation["unlearned"],
+                  "training": {k: result.get(k) for k in ("best_step", "steps", "stopped", "seconds", "timings")}}
         write_json(stage / "metrics.json", report)
         write_json(stage / "history.json", result.get("history", []))
     log(format_report(report))
     log(f"wrote {Path(output) / 'metrics.json'} and the model to {Path(output) / 'model'}")
     return report
+
+
+def run_eval_job(cfg: UnlearnConfig, model: str | None, output: str | Path, overwrite: bool = False,
+                 log=print) -> dict:
+    """`undial eval`: one model (the config's, or a model / adapter folder) evaluated by the workers."""
+    from trainables.preflight import preflight
+
+    if model is not None:
+        if not Path(model).exists():
+            raise InputError(f"--model: {model} does not exist")
+        cfg = from_dict(UnlearnConfig, {**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "name_or_path": model}})
+    preflight(cfg, train=False)
+    with staged_output(output, overwrite) as stage:
+        result = run_job(cfg, None, stage, {"train": False}, log)
+        metrics = result["evaluation"]["original"]
+        write_json(stage / "metrics.json", {"model": cfg.model.name_or_path, "metrics": metrics})
+    return metrics
 
 
 def _flat(report: dict, prefix: str = "") -> dict[str, float]:

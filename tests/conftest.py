@@ -5,7 +5,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import json
 import random
 from pathlib import Path
 
@@ -34,42 +33,17 @@ def _prose(rng: random.Random, n: int) -> list[dict]:
     return [{"text": " ".join(rng.choice(MICRO_WORDS) for _ in range(40)) + ".", "spans": []} for _ in range(n)]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
 def build_micro_assets(root: Path, seed: int = 0) -> Path:
     """A micro GPT-Neo (random weights, ~0.1M parameters), its byte-level BPE tokenizer,
-    a same-vocabulary 'reference' model, and forget/unseen/retain/heldout/prompts sets.
-    Seconds to build: for tests of plumbing, not of unlearning quality."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
+    a same-vocabulary 'reference' model, and forget/unseen/retain/heldout/prompts sets
+    (trainables.tiny builds them). Seconds to build: for tests of plumbing, not of unlearning quality."""
+    from trainables.tiny import build_tiny
 
     rng = random.Random(seed)
-    data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
     sets = {"forget": _micro_records(rng, 8, "f"), "unseen": _micro_records(rng, 8, "u"),
             "retain": _micro_records(rng, 16, "r") + _prose(rng, 8), "heldout": _prose(rng, 8),
             "prompts": _prose(rng, 12)}
-    for name, records in sets.items():
-        write_jsonl(data / f"{name}.jsonl", records)
-    corpus = [r["text"] for records in sets.values() for r in records]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    config = GPTNeoConfig(vocab_size=len(tokenizer), max_position_embeddings=64, hidden_size=32, num_layers=2,
-                          num_heads=2, attention_types=[[["global"], 2]], intermediate_size=64,
-                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    for name, model_seed in (("model", seed), ("reference", seed + 1)):
-        torch.manual_seed(model_seed)
-        model = GPTNeoForCausalLM(config)
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    build_tiny(root, splits=sets, reference=True, seed=seed)
     return root
 
 

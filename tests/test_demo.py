@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trainables import demo
+from trainables import metrics as M
 from trainables.errors import InputError
 
 SPLITS = ("forget", "unseen", "retain", "heldout", "prompts")
@@ -102,29 +103,39 @@ def test_splits_are_disjoint(tiny):
     assert not names["forget"] & names["retain"] and not names["unseen"] & names["retain"]
 
 
-def _ma(model, tok, texts):
-    enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+def _batch(tok, records):
+    """ids, mask (right padded, no special tokens) and the private-field token mask of records."""
+    from trainables.subsets import char_spans_to_token_mask
+
+    enc = tok([r["text"] for r in records], add_special_tokens=False, padding=True, return_tensors="pt",
+              return_offsets_mapping=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    with torch.no_grad():
-        pred = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
-    ok = ((pred == ids[:, 1:]) & mask[:, 1:].bool()).sum(1) / mask[:, 1:].sum(1)
-    return ok.mean().item()
+    field = char_spans_to_token_mask(enc["offset_mapping"], mask, [[sp[:2] for sp in r["spans"]] for r in records])
+    return ids, mask, field
 
 
 def test_forget_records_are_memorised(tiny):
     path, _ = tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    figs = json.loads((path / "manifest.json").read_text())["figures"]
+    m = json.loads((path / "manifest.json").read_text())
+    figs, stride = m["figures"], m["el_stride"]
     assert figs["model"]["forget_ma"] > figs["model"]["unseen_ma"] + 0.2
     assert figs["reference"]["forget_ma"] < figs["model"]["forget_ma"] - 0.2
-    # the saved model reproduces the manifest (independent MA, right padding)
+    assert figs["model"]["forget_field_ma"] > figs["model"]["unseen_field_ma"] + 0.2
+    # the saved model reproduces the manifest (trainables.metrics on a fresh right-padded batch)
     tok = AutoTokenizer.from_pretrained(path / "model")
     model = AutoModelForCausalLM.from_pretrained(path / "model").eval()
-    forget = [r["text"] for r in _jsonl(path / "data" / "forget.jsonl")]
-    unseen = [r["text"] for r in _jsonl(path / "data" / "unseen.jsonl")]
-    assert _ma(model, tok, forget) == pytest.approx(figs["model"]["forget_ma"], abs=2e-3)
-    assert _ma(model, tok, unseen) == pytest.approx(figs["model"]["unseen_ma"], abs=2e-3)
+    for name in ("forget", "unseen"):
+        ids, mask, field = _batch(tok, _jsonl(path / "data" / f"{name}.jsonl"))
+        assert M.memorization_accuracy(model, ids, mask) == pytest.approx(figs["model"][f"{name}_ma"], abs=2e-3)
+        assert M.memorization_accuracy(model, ids, mask, position_mask=field) == pytest.approx(
+            figs["model"][f"{name}_field_ma"], abs=2e-3)
+    ids, mask, _ = _batch(tok, _jsonl(path / "data" / "forget.jsonl"))
+    assert M.extraction_likelihood(model, ids, 3, mask, prefix_stride=stride) == pytest.approx(
+        figs["model"][f"forget_el3_stride{stride}"], abs=2e-3)
+    ids, mask, _ = _batch(tok, _jsonl(path / "data" / "heldout.jsonl"))
+    assert M.perplexity(model, ids, mask) == pytest.approx(figs["model"]["heldout_ppl"], rel=1e-3)
 
 
 def test_data_generation_is_deterministic():
@@ -215,8 +226,8 @@ def test_el_matches_the_definition(tiny):
     tok = AutoTokenizer.from_pretrained(path / "model")
     model = AutoModelForCausalLM.from_pretrained(path / "model").eval()
     records = _jsonl(path / "data" / "forget.jsonl")[:1] + _jsonl(path / "data" / "unseen.jsonl")[:1]
-    ids, mask, _ = demo._encode(tok, records)
-    fast = demo._el(model, ids, mask, n=3, stride=12)
+    ids, mask, _ = _batch(tok, records)
+    fast = M.extraction_likelihood_per_sequence(model, ids, 3, mask, prefix_stride=12)
     for k in range(len(records)):
         seq = ids[k, :int(mask[k].sum())].tolist()
         assert fast[k] == pytest.approx(_naive_el(model, seq, 3, 12), abs=1e-6)

@@ -52,7 +52,7 @@ def test_threshold_stopping_rule_stops_where_forget_falls_below_unseen(tiny_demo
     assert "thresholds" in report["training"]["stopped"]
     assert report["training"]["steps"] == history[-1]["step"] < 60
     last = history[-1]
-    assert last["forget_ma"] < report["before"]["unseen"]["ma"]
-    assert last["forget_el3"] < report["before"]["unseen"]["el3"]
-    assert all(h["forget_ma"] >= report["before"]["unseen"]["ma"] or h["forget_el3"] >=
+    assert last["forget.ma"] < report["before"]["unseen"]["ma"]
+    assert last["forget.el3"] < report["before"]["unseen"]["el3"]
+    assert all(h["forget.ma"] >= report["before"]["unseen"]["ma"] or h["forget.el3"] >=
                report["before"]["unseen"]["el3"] for h in history[:-1])

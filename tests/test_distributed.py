@@ -170,7 +170,7 @@ def _state_contract(cfg, ctx) -> dict:
     Checked by perturbing the weights on rank 0 only, loading, and comparing every rank's logits."""
     import torch.distributed as dist
 
-    from trainables.distributed import make_strategy
+    from trainables.strategies import make_strategy
     from trainables.models import apply_lora, load_causal_lm
 
     model = load_causal_lm(cfg.model.name_or_path)

@@ -17,6 +17,7 @@ from orchestrator.pareto import (
     format_front,
     front_table,
     hypervolume,
+    known_bound,
     pareto_front,
     reference_point,
     write_front,
@@ -258,10 +259,15 @@ def test_hypervolume_reference_errors():
 
 def test_reference_point_known_bounds_and_fallback():
     objs = [Objective("el3", "min"), Objective("el10", "min"), Objective("ma", "min"),
-            Objective("mia_loss", "min"), Objective("mauve", "max")]
-    assert reference_point(objs) == {"el3": 1.0, "el10": 1.0, "ma": 1.0, "mia_loss": 1.0, "mauve": 0.0}
+            Objective("mia_auc", "min"), Objective("mauve", "max")]
+    assert reference_point(objs) == {"el3": 1.0, "el10": 1.0, "ma": 1.0, "mia_auc": 1.0, "mauve": 0.0}
     assert KNOWN_BOUNDS["el3"] == ("min", 1.0) and KNOWN_BOUNDS["mauve"] == ("max", 0.0)
     assert reference_point([Objective("forget/el3", "min")]) == {"forget/el3": 1.0}
+    # the bounds come from the metric table: report paths too, never a ratio or an unbounded metric
+    assert reference_point([Objective("unseen.el3", "min"), Objective("mia_auc_min_k", "min")]) == \
+        {"unseen.el3": 1.0, "mia_auc_min_k": 1.0}
+    assert known_bound("retain.ppl") is None and known_bound("el3_ratio") is None
+    assert known_bound("happiness") is None and "el3" in KNOWN_BOUNDS and "mauve" in dict(KNOWN_BOUNDS)
 
     pts = [{"el3": 0.2, "ppl": 10.0}, {"el3": 0.4, "ppl": 20.0}, {"el3": None, "ppl": 99.0}]
     mixed = [Objective("el3", "min"), Objective("ppl", "min")]

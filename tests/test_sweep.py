@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from conftest import micro_config
-from orchestrator.sweep import (DefineByRun, apply_params, final_metrics, load_space,
-                                space_from_dict)
+from orchestrator.objectives import final_metrics
+from orchestrator.space import apply_params, load_space, space_from_dict
 from trainables.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,8 @@ def test_lora_rank_is_conditional_full_finetuning_at_zero(micro_assets):
 
 def test_define_by_run_samples_conditionals_only_when_active(micro_assets):
     import optuna
+
+    from orchestrator.search import DefineByRun
 
     params = dict(PARAMS)
     params["lora.alpha"] = {"distribution": "uniform", "low": 8, "high": 32, "when": {"lora.enabled": True}}
@@ -179,6 +181,44 @@ def test_cli_refuses_a_bad_space_in_one_line(micro_assets, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: parameters.method.gamma.low: must be > 0 for loguniform, got -1"]
     assert not (tmp_path / "out").exists()
+
+
+def test_searcher_tells_optuna_values_constraints_and_failures(micro_assets, tmp_path):
+    """UndialOptunaSearch through Tune's Searcher API (no Tune run): the initial point first,
+    Tune trial ids on the Optuna trials, constraints recorded, NaN / errored trials FAIL, a
+    second completion ignored; Optuna's own front (Study.best_trials) agrees with ours."""
+    import optuna
+
+    from orchestrator.pareto import front_table
+    from orchestrator.search import build_searcher
+
+    raw = micro_space(micro_assets, initial_points=[point(gamma=5.0)],
+                      budget={"num_samples": 4, "max_concurrent_trials": 4, "seed": 0})
+    space = space_from_dict(raw)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(space, url)
+    configs = {tid: searcher.suggest(tid) for tid in "abcd"}
+    assert configs["a"] == point(gamma=5.0)
+    for config in configs.values():
+        assert set(config) == set(PARAMS) and 1 <= config["method.gamma"] <= 50
+    reports = {"a": {"el3": 0.2, "mauve": 0.5, "constraint_violations": [-1.0]},
+               "b": {"el3": 0.1, "mauve": 0.4, "constraint_violations": [-2.0]},
+               "c": {"el3": 0.3, "mauve": 0.3, "constraint_violations": [-0.5]}}  # dominated by a
+    for tid, report in reports.items():
+        searcher.on_trial_complete(tid, report)
+    searcher.on_trial_complete("d", {"el3": math.nan, "mauve": 0.9, "constraint_violations": [0.0]})
+    searcher.on_trial_complete("a", {"el3": 0.9, "mauve": 0.0})  # told already: ignored
+    study = optuna.load_study(study_name="micro", storage=url)
+    by_tune = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert sorted(by_tune) == list("abcd") and len(study.trials) == 4
+    assert by_tune["a"].state.name == "COMPLETE" and by_tune["a"].values == [0.2, 0.5]
+    constraints = by_tune["a"].constraints  # Optuna 5: named by the constraint; 4: constraints_func's list
+    assert constraints == ({"retain_ppl_ratio <= 1000": -1.0} if isinstance(constraints, dict) else [-1.0])
+    assert by_tune["a"].user_attrs["constraints"] == [-1.0]
+    assert by_tune["d"].state.name == "FAIL" and by_tune["d"].values is None
+    ours = {r["trial_id"] for r in front_table([{"trial_id": k, **v} for k, v in reports.items()],
+                                               space.objective_list)}
+    assert {t.user_attrs["tune_trial_id"] for t in study.best_trials} == ours == {"a", "b"}
 
 
 def test_final_metrics_objectives_ratio_and_constraints(micro_assets):
@@ -362,7 +402,7 @@ def test_mlflow_parent_children_params_metrics_tags_artifacts(resumed_sweep):
         assert set(child.data.params) >= {"method.gamma", "train.lr", "method.subset.policy", "lora.rank"}
         assert {"el3", "mauve", "retain_ppl_ratio", "after.forget.ma", "after.retain.ppl"} <= set(child.data.metrics)
         # evaluations during training (step 0 = the original) and the per-step curve
-        assert sorted(m.step for m in client.get_metric_history(run_id, "train.forget_ma")) == [0, 3]
+        assert sorted(m.step for m in client.get_metric_history(run_id, "train.forget.ma")) == [0, 3]
         assert sorted(m.step for m in client.get_metric_history(run_id, "train.grad_norm")) == [1, 2, 3]
         files = {a.path for a in client.list_artifacts(run_id)}
         on_front = child.data.tags["tune_trial_id"] in front_ids

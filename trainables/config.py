@@ -125,6 +125,8 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16"] = "fp32"
     trust_remote_code: bool = False
     revision: str | None = None
+    # Pickle weights (pytorch_model.bin) can run code when loaded: refused unless set (trusted models only).
+    allow_pickle_weights: bool = False
 
 
 @dataclass
@@ -147,7 +149,7 @@ class MethodConfig:
     gamma: float = 10.0
     subset: SubsetSpec = field(default_factory=SubsetSpec)
     retain_weight: float = 0.0  # alpha of an optional retain-set NLL term
-    teacher: Literal["live", "cached"] = "live"  # full fine-tuning only; LoRA disables adapters
+    teacher: Literal["live", "cached"] = "live"  # live with LoRA: adapters off; cached: log-probs once
     teacher_cache_max_gb: float = 4.0
 
     def validate(self, path: str) -> None:
@@ -264,12 +266,15 @@ class ScalingConfig:
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     zero_stage: int = 2
     deepspeed_config: str | None = None  # a user DeepSpeed JSON merged over ours
+    fsdp_block_class: str | None = None  # FSDP2: class name of the block to shard; None: the model's _no_split_modules
 
     def validate(self, path: str) -> None:
         _check(self.num_workers >= 1, f"{path}.num_workers", "expected an integer >= 1", self.num_workers)
         _check(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "expected 0, 1, 2 or 3", self.zero_stage)
         _check(self.strategy != "none" or self.num_workers == 1, f"{path}.strategy",
                "num_workers > 1 needs a strategy (ddp, fsdp or deepspeed)", self.strategy)
+        _check(self.fsdp_block_class is None or re.fullmatch(r"[A-Za-z_]\w*", self.fsdp_block_class) is not None,
+               f"{path}.fsdp_block_class", "expected a class name (e.g. LlamaDecoderLayer)", self.fsdp_block_class)
 
 
 @dataclass

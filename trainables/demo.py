@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import inspect
 import json
 import math
 import os
@@ -48,10 +47,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainables.errors import InputError
+from trainables.tiny import gpt_neo_config, random_model, train_tokenizer
 
 DEMO_VERSION = "demo-v1"
 FIELDS = ("name", "email", "phone", "address", "iban", "dob")
-EOS = "<|endoftext|>"
 
 
 # --------------------------------------------------------------------------- sizes
@@ -235,22 +234,6 @@ def _passages(fake, rng: random.Random, n: int, used: set) -> list[list[str]]:
 
 # --------------------------------------------------------------------------- tokenizer
 
-def _train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS,
-                                   unk_token=EOS, pad_token=EOS, model_max_length=2 * max_length)
-
-
 def _n_tokens(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -309,7 +292,7 @@ def make_demo_data(seed: int = 0, size: str = "full"):
 
     # the tokenizer sees only what the model is trained on (each text once)
     corpus = [r["text"] for r in public + forget] + [" ".join(p) for p in prose]
-    tokenizer = _train_tokenizer(corpus, spec.vocab_size, spec.max_length)
+    tokenizer = train_tokenizer(corpus, spec.vocab_size, 2 * spec.max_length)
 
     ml = spec.max_length
     splits = {
@@ -338,18 +321,9 @@ def _training_texts(splits: dict, spec: _Spec, with_forget: bool) -> list[str]:
 # --------------------------------------------------------------------------- training
 
 def _model_config(spec: _Spec, tokenizer):
-    from transformers import GPTNeoConfig
-
-    n_pairs, rest = divmod(spec.n_layer, 2)
-    attention_types = [[["global", "local"], n_pairs]] + ([[["global"], 1]] if rest else [])
-    return GPTNeoConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=spec.context, hidden_size=spec.hidden,
-        num_layers=spec.n_layer, num_heads=spec.heads, attention_types=attention_types,
-        window_size=spec.window, intermediate_size=4 * spec.hidden, embed_dropout=0.0,
-        attention_dropout=0.0, resid_dropout=0.0, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    return gpt_neo_config(len(tokenizer), hidden=spec.hidden, layers=spec.n_layer, heads=spec.heads,
+                          context=spec.context, local_attention=True, window=spec.window,
+                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, tie_word_embeddings=True)
 
 
 def _pad(seqs: list[list[int]], pad_id: int):
@@ -366,10 +340,8 @@ def _pad(seqs: list[list[int]], pad_id: int):
 
 def _train(spec: _Spec, tokenizer, texts: list[str], n_steps: int, seed: int, log, tag: str):
     import torch
-    from transformers import GPTNeoForCausalLM
 
-    torch.manual_seed(seed)
-    model = GPTNeoForCausalLM(_model_config(spec, tokenizer))
+    model = random_model(_model_config(spec, tokenizer), seed)
     model.train()
     # every text fits max_length by construction; no truncation here (a fast
     # tokenizer would keep it in its state and save it with the model)
@@ -420,96 +392,40 @@ def _train(spec: _Spec, tokenizer, texts: list[str], n_steps: int, seed: int, lo
 # --------------------------------------------------------------------------- figures
 
 def _encode(tokenizer, records: list[dict]):
-    """ids, mask and a [N, T] bool mask of tokens inside private-field spans."""
+    """ids, mask (right padded) and a [N, T] bool mask of the tokens inside private-field spans."""
     import torch
+
+    from trainables.subsets import char_spans_to_token_mask
 
     enc = tokenizer([r["text"] for r in records], add_special_tokens=False,
                     return_offsets_mapping=True)
     ids, mask = _pad(enc["input_ids"], tokenizer.pad_token_id)
-    field = torch.zeros(ids.shape, dtype=torch.bool)
-    for k, (offsets, r) in enumerate(zip(enc["offset_mapping"], records)):
-        for t, (a, b) in enumerate(offsets):
-            field[k, t] = any(a < e and s < b for s, e, _ in r["spans"])
+    offsets = torch.zeros((*ids.shape, 2), dtype=torch.long)
+    for k, row in enumerate(enc["offset_mapping"]):
+        offsets[k, :len(row)] = torch.tensor(row, dtype=torch.long).reshape(-1, 2)
+    field = char_spans_to_token_mask(offsets, mask, [[sp[:2] for sp in r["spans"]] for r in records])
     return ids, mask, field
 
 
-def _ma(model, ids, mask, field, batch_size: int = 64):
-    """Memorisation accuracy (all tokens, private-field tokens): teacher forced."""
-    import torch
-
-    per_seq, hits, n = [], 0.0, 0.0
-    with torch.no_grad():
-        for s in range(0, len(ids), batch_size):
-            i, m, f = ids[s:s + batch_size], mask[s:s + batch_size], field[s:s + batch_size]
-            pred = model(input_ids=i, attention_mask=m).logits[:, :-1].argmax(-1)
-            ok = (pred == i[:, 1:]) & m[:, 1:].bool()
-            per_seq += (ok.sum(1) / m[:, 1:].sum(1).clamp(min=1)).tolist()
-            sel = f[:, 1:] & m[:, 1:].bool()
-            hits += (ok & sel).sum().item()
-            n += sel.sum().item()
-    return sum(per_seq) / len(per_seq), hits / max(n, 1.0)
-
-
-def _el(model, ids, mask, n: int = 3, stride: int = 4) -> list[float]:
-    """Extraction likelihood EL_n (Jang et al.) of every sequence, over prefix
-    lengths i = stride, 2*stride, ... (stride=1 is the exact definition).
-
-    For prefix x[:i] generate T-i tokens greedily; overlap_i = number of
-    generated n-grams found in the true suffix's n-gram set / number of true
-    suffix n-grams (defined for i <= T-n); EL_n(x) = mean of overlap_i over the
-    prefixes used. Sequences of equal prefix length are generated as a batch.
-    """
-    import torch
-
-    # transformers 5 renamed past_key_values to cache
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    lengths = mask.sum(1).tolist()
-    seqs = [ids[k, :lengths[k]].tolist() for k in range(len(lengths))]
-    overlaps: list[list[float]] = [[] for _ in seqs]
-    with torch.no_grad():
-        for i in range(stride, max(lengths) - n + 1, stride):
-            rows = [k for k, T in enumerate(lengths) if i <= T - n]
-            if not rows:
-                continue
-            steps = max(lengths[k] for k in rows) - i
-            out = model(input_ids=ids[rows, :i], use_cache=True)
-            gen = [out.logits[:, -1].argmax(-1, keepdim=True)]
-            for _ in range(steps - 1):
-                out = model(input_ids=gen[-1], use_cache=True, **{kw: getattr(out, kw)})
-                gen.append(out.logits[:, -1].argmax(-1, keepdim=True))
-            gen = torch.cat(gen, 1).tolist()
-            for r, k in enumerate(rows):
-                suffix, g = seqs[k][i:], gen[r][:lengths[k] - i]
-                truth = {tuple(suffix[j:j + n]) for j in range(len(suffix) - n + 1)}
-                found = sum(tuple(g[j:j + n]) in truth for j in range(len(g) - n + 1))
-                overlaps[k].append(found / (len(suffix) - n + 1))
-    return [sum(o) / len(o) if o else 0.0 for o in overlaps]
-
-
-def _ppl(model, tokenizer, records: list[dict]) -> float:
-    from trainables.scoring import token_log_probs
-
-    ids, mask, _ = _encode(tokenizer, records)
-    logp = token_log_probs(model, ids, mask)
-    n = mask[:, 1:].sum().item()
-    return math.exp(-logp.sum().item() / n)
-
-
 def _figures(model, tokenizer, splits: dict, stride: int) -> dict:
+    """The manifest's figures, by the measures `undial eval` reports (trainables.metrics)."""
+    from trainables import metrics
+
     out = {}
     for name in ("forget", "unseen"):
         ids, mask, field = _encode(tokenizer, splits[name])
-        ma, field_ma = _ma(model, ids, mask, field)
-        out[f"{name}_ma"] = round(ma, 4)
-        out[f"{name}_field_ma"] = round(field_ma, 4)
+        out[f"{name}_ma"] = round(metrics.memorization_accuracy(model, ids, mask, batch_size=64), 4)
+        out[f"{name}_field_ma"] = round(metrics.memorization_accuracy(model, ids, mask, position_mask=field,
+                                                                      batch_size=64), 4)
     # EL3 of forget and unseen in one batch (generation is the slow part)
     both = splits["forget"] + splits["unseen"]
     ids, mask, _ = _encode(tokenizer, both)
-    el = _el(model, ids, mask, 3, stride)
+    el = metrics.extraction_likelihood_per_sequence(model, ids, 3, mask, prefix_stride=stride, batch_size=64)
     n_forget = len(splits["forget"])
     for name, part in (("forget", el[:n_forget]), ("unseen", el[n_forget:])):
         out[f"{name}_el3_stride{stride}"] = round(sum(part) / len(part), 4)
-    out["heldout_ppl"] = round(_ppl(model, tokenizer, splits["heldout"]), 3)
+    ids, mask, _ = _encode(tokenizer, splits["heldout"])
+    out["heldout_ppl"] = round(metrics.perplexity(model, ids, mask, batch_size=64), 3)
     return out
 
 
@@ -635,9 +551,10 @@ def _build_into(root: Path, seed: int, size: str, spec: _Spec, log) -> None:
         "files": files,
         "counts": {name: len(recs) for name, recs in splits.items()},
         "training": {"steps": n_steps, "epoch_sequences": len(epoch), **asdict(spec)},
-        "notes": "texts are tokenized without special tokens; EL3 uses prefix stride "
-                 f"{stride} (i = {stride}, {2 * stride}, ...); *_field_ma is MA over tokens "
-                 "inside private-field spans",
+        "notes": "texts are tokenized without special tokens; figures by trainables.metrics (as "
+                 f"`undial eval`); EL3 uses prefix stride {stride} (i = {stride}, {2 * stride}, ...); "
+                 "*_field_ma is MA over tokens inside private-field spans (mean over records, "
+                 "`undial eval`'s ma_private)",
     }
     # written last: its presence marks a complete demo
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -651,6 +568,11 @@ def default_demo_dir(seed: int = 0, size: str = "full") -> Path:
     return Path(base).expanduser() / f"{DEMO_VERSION}-{size}-seed{seed}"
 
 
-def ensure_demo(seed: int = 0, size: str = "full", log=print) -> Path:
-    """The demo directory for (seed, size), built first if missing."""
+def ensure_demo(seed: int = 0, size: str | None = None, log=print) -> Path:
+    """The demo directory for (seed, size), built first if missing. size None: $UNDIAL_DEMO_SIZE
+    or "full" (UNDIAL_DEMO_SIZE=tiny runs `undial unlearn --demo` / `sweep --demo` on the tiny one)."""
+    if size is None:
+        size = os.environ.get("UNDIAL_DEMO_SIZE") or "full"
+        if size not in SIZES:
+            raise InputError(f"UNDIAL_DEMO_SIZE: unknown demo size {size!r}; expected one of {sorted(SIZES)}")
     return build_demo(default_demo_dir(seed, size), seed=seed, size=size, log=log)

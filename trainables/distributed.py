@@ -184,15 +184,3 @@ class DDPStrategy(Strategy):
             return self.module.no_sync()
         return contextlib.nullcontext()
 
-
-STRATEGIES = {"none": Strategy, "ddp": DDPStrategy}
-
-
-def make_strategy(scaling_cfg, train_cfg, ctx: WorkerContext) -> Strategy:
-    if scaling_cfg.strategy == "fsdp":
-        from trainables.fsdp import FSDP2Strategy
-        return FSDP2Strategy(ctx, scaling_cfg, train_cfg)
-    if scaling_cfg.strategy == "deepspeed":
-        from trainables.zero import DeepSpeedStrategy
-        return DeepSpeedStrategy(ctx, scaling_cfg, train_cfg)
-    return STRATEGIES[scaling_cfg.strategy](ctx, scaling_cfg, train_cfg)

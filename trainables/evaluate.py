@@ -1,70 +1,176 @@
-"""The evaluation suite composed from trainables.metrics: what `undial unlearn`
-reports before and after, and what `undial eval` prints for any model."""
+"""The evaluation suite composed from trainables.metrics: what `undial unlearn` reports for
+the original and the unlearned model, what a sweep trial reports, what `undial eval` prints.
+
+It runs in the workers, on the model where training left it (its device, its strategy's
+wrapping). The sequences are cut into batches of eval.batch_size; batch k is computed by
+rank k mod W and the per-sequence values are gathered in order, so W workers give exactly
+the one-process figures (each batch is computed the same way wherever it runs). Sharded
+strategies (FSDP2, ZeRO-3) need every rank in every forward: there each rank computes every
+batch (`Shard.replicated`). MAUVE prompts are split the same way, each batch of prompts
+sampled with a seed of its own, so the worker count does not change a prompt's continuation.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainables.data import DataSets
 from trainables.errors import InputError
 
 
-def load_result_model(path: str | Path, dtype: str = "fp32", device="cpu", trust_remote_code: bool = False):
-    """A saved result: a full model folder, or a PEFT adapter folder (merged onto its base)."""
-    from trainables.models import load_causal_lm
+def load_result_model(path: str | Path, dtype: str = "fp32", device="cpu", trust_remote_code: bool = False,
+                      revision: str | None = None, allow_pickle_weights: bool = False, key: str = "--model"):
+    """A saved result: a full model folder, or a PEFT adapter folder (merged onto its base), or a
+    Hub id. `revision` / `allow_pickle_weights`: model.revision / model.allow_pickle_weights, for
+    the base an adapter names (the original model) and for a Hub id."""
+    from trainables.models import _unreadable_errors, load_causal_lm
+    from trainables.preflight import check_weights_folder, looks_local
 
+    name = str(path)
     path = Path(path)
     if not path.exists():
-        raise InputError(f"--model: {path} does not exist")
+        if looks_local(name):
+            raise InputError(f"{key}: {name} does not exist")
+        return load_causal_lm(name, dtype, trust_remote_code, revision, device=device,
+                              allow_pickle_weights=allow_pickle_weights, key=key).eval()
     if (path / "adapter_config.json").is_file():
         import json
 
         from peft import PeftModel
 
-        base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        base = load_causal_lm(base_name, dtype, trust_remote_code, device=device)
-        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
-    return load_causal_lm(str(path), dtype, trust_remote_code, device=device).eval()
+        try:
+            base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            raise InputError(f"{key}: {path / 'adapter_config.json'} is not a readable adapter config "
+                             f"({str(exc).splitlines()[0]})") from None
+        if not isinstance(base_name, str) or not base_name:
+            raise InputError(f"{key}: {path / 'adapter_config.json'} names no base_model_name_or_path")
+        check_weights_folder(path, key, allow_pickle_weights)
+        base = load_causal_lm(base_name, dtype, trust_remote_code, revision, device=device,
+                              allow_pickle_weights=allow_pickle_weights, key=f"{key} (the adapter's base model)")
+        try:
+            return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+        except _unreadable_errors() as exc:
+            raise InputError(f"{key}: cannot load the adapter in {path}: {str(exc).strip().splitlines()[0]}") from None
+    return load_causal_lm(name, dtype, trust_remote_code, revision, device=device,
+                          allow_pickle_weights=allow_pickle_weights, key=key).eval()
 
 
-@torch.no_grad()
-def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, log=print) -> dict:
-    """{"forget": {...}, "unseen": {...}, "retain": {"ppl"}, ...} for one model."""
+class Shard:
+    """Which evaluation batches this rank computes, and the gather that puts them back."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
+
+    @classmethod
+    def replicated(cls) -> "Shard":
+        return cls(0, 1)
+
+    def indices(self, n: int, batch_size: int) -> list[int]:
+        """The sequence indices of this rank's batches, in order."""
+        return [i for k, s in enumerate(range(0, n, batch_size)) if k % self.world_size == self.rank
+                for i in range(s, min(s + batch_size, n))]
+
+    def batch_starts(self, n: int, batch_size: int) -> list[int]:
+        return [s for k, s in enumerate(range(0, n, batch_size)) if k % self.world_size == self.rank]
+
+    def gather(self, idx: list[int], values) -> list:
+        """Per-sequence values of this rank (aligned with idx) -> every sequence's, in order."""
+        values = list(values)
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        pieces: list = [None] * self.world_size
+        dist.all_gather_object(pieces, (list(idx), values))
+        out: dict[int, object] = {}
+        for piece_idx, piece_values in pieces:
+            out.update(zip(piece_idx, piece_values))
+        return [out[i] for i in sorted(out)]
+
+
+def _nanmean(values) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _sequence_stats(model, tset, eval_cfg, idx: list[int], progress: bool) -> dict[str, list]:
+    """Per-sequence MA (all tokens and private fields), EL_n, NLL, token counts and the
+    membership scores of the sequences `idx` of one set."""
     from trainables import metrics
     from trainables.subsets import char_spans_to_token_mask
 
+    out: dict[str, list] = {"ma": [], "nll": [], "tokens": [], "mia_loss": [], "mia_min_k": []}
+    out.update({f"el{n}": [] for n in eval_cfg.el_n})
+    has_spans = tset.spans is not None and tset.offsets is not None
+    if has_spans:
+        out["ma_private"] = []
+    if not idx:
+        return out
+    bs = eval_cfg.batch_size
+    ids, mask = tset.input_ids[idx], tset.attention_mask[idx]
+    out["ma"] = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=bs).tolist()
+    if has_spans:
+        private = char_spans_to_token_mask(tset.offsets[idx], mask, [[s[:2] for s in tset.spans[i]] for i in idx])
+        out["ma_private"] = metrics.memorization_accuracy_per_sequence(
+            model, ids, mask, position_mask=private, batch_size=bs).tolist()
+    el = metrics.extraction_likelihood_per_sequence(model, ids, list(eval_cfg.el_n), mask,
+                                                    prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
+                                                    progress=progress)
+    for n, values in el.items():
+        out[f"el{n}"] = [float(v) for v in values]
+    nll, tokens = metrics.sequence_nll(model, ids, mask, batch_size=bs)
+    out["nll"], out["tokens"] = nll.tolist(), tokens.tolist()
+    if eval_cfg.mia:
+        scores = metrics.mia_scores(model, ids, mask, batch_size=bs)
+        out["mia_loss"], out["mia_min_k"] = scores["loss"].tolist(), scores["min_k"].tolist()
+    return out
+
+
+@torch.no_grad()
+def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, shard: Shard | None = None,
+                   device=None, log=print) -> dict:
+    """{"forget": {...}, "unseen": {...}, "retain": {"ppl"}, "mia_auc", "mauve", ...} for one
+    model; every rank of `shard` calls it and gets the whole report."""
+    from trainables import metrics
+
+    shard = shard or Shard.replicated()
     model.eval()
     bs = eval_cfg.batch_size
-    progress = eval_cfg.progress or sys.stderr.isatty()
+    progress = (eval_cfg.progress or sys.stderr.isatty()) and shard.rank == 0
     out: dict = {}
+    per_set: dict[str, dict[str, list]] = {}
     for name, tset in (("forget", data.forget), ("unseen", data.unseen)):
         if tset is None:
             continue
-        ids, mask = tset.input_ids, tset.attention_mask
-        row = {"ma": metrics.memorization_accuracy(model, ids, mask, batch_size=bs)}
-        if tset.spans is not None and tset.offsets is not None:
-            private = char_spans_to_token_mask(tset.offsets, mask, [[s[:2] for s in r] for r in tset.spans])
-            row["ma_private"] = metrics.memorization_accuracy(model, ids, mask, position_mask=private, batch_size=bs)
-        el = metrics.extraction_likelihood(model, ids, list(eval_cfg.el_n), mask,
-                                           prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
-                                           progress=progress)
-        row.update({f"el{n}": float(v) for n, v in el.items()})
-        row["ppl"] = metrics.perplexity(model, ids, mask, batch_size=bs)
+        idx = shard.indices(len(tset), bs)
+        stats = {k: shard.gather(idx, v) for k, v in _sequence_stats(model, tset, eval_cfg, idx, progress).items()}
+        per_set[name] = stats
+        row = {"ma": _nanmean(stats["ma"])}
+        if "ma_private" in stats:
+            row["ma_private"] = _nanmean(stats["ma_private"])
+        row.update({f"el{n}": float(np.mean(stats[f"el{n}"])) for n in eval_cfg.el_n})
+        row["ppl"] = metrics.perplexity_from(np.asarray(stats["nll"]), np.asarray(stats["tokens"]))
         out[name] = row
     if data.heldout is not None:
-        ppl = metrics.perplexity(model, data.heldout.input_ids, data.heldout.attention_mask, batch_size=bs)
+        idx = shard.indices(len(data.heldout), bs)
+        nll, tokens = (metrics.sequence_nll(model, data.heldout.input_ids[idx], data.heldout.attention_mask[idx],
+                                            batch_size=bs) if idx else ([], []))
+        ppl = metrics.perplexity_from(np.asarray(shard.gather(idx, list(nll))),
+                                      np.asarray(shard.gather(idx, list(tokens))))
         out["retain"] = {"ppl": ppl}
         out["ppl"] = ppl
-    if eval_cfg.mia and data.unseen is not None:
-        mia = metrics.mia_auc(model, data.forget.input_ids, data.forget.attention_mask,
-                              data.unseen.input_ids, data.unseen.attention_mask, batch_size=bs)
-        out["mia_auc"] = float(mia["loss"])
-        out["mia_auc_min_k"] = float(mia["min_k"])
+    if eval_cfg.mia and "unseen" in per_set:
+        f, u = per_set["forget"], per_set["unseen"]
+        out["mia_auc"] = metrics.roc_auc(f["mia_loss"], u["mia_loss"])
+        out["mia_auc_min_k"] = metrics.roc_auc(f["mia_min_k"], u["mia_min_k"])
     if eval_cfg.mauve.enabled and data.prompts:
-        out.update(generation_quality(model, tokenizer, data.prompts, eval_cfg, seed))
+        out.update(generation_quality(model, tokenizer, data.prompts, eval_cfg, seed, shard, device))
     return out
 
 
@@ -85,17 +191,64 @@ def split_passages(tokenizer, passages: list[str], prompt_tokens: int, new_token
     return prompts, truths
 
 
-def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: int) -> dict:
-    """MAUVE of the model's continuations vs the true ones (with its sample count), and rep-n."""
+def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: int, shard: Shard | None = None,
+                       device=None) -> dict:
+    """MAUVE of the model's continuations vs the true ones (with its sample count), and rep-n.
+    Each rank generates and featurises its batches of prompts (batch at start s sampled with
+    seed + s); the features are gathered and MAUVE computed once."""
     from trainables import metrics
 
+    shard = shard or Shard.replicated()
     mc = eval_cfg.mauve
     prompts, truths = split_passages(tokenizer, passages[:mc.max_prompts], mc.prompt_tokens, mc.new_tokens)
     if len(prompts) < 2:
         raise InputError(f"data.prompts: only {len(prompts)} passages hold {mc.prompt_tokens} + {mc.new_tokens} "
                          "tokens; lower eval.mauve.prompt_tokens / new_tokens")
-    result = metrics.generation_quality(model, tokenizer, prompts, truths, max_new_tokens=mc.new_tokens,
-                                        featurizer=mc.featurizer, do_sample=mc.do_sample, seed=seed,
-                                        batch_size=eval_cfg.batch_size, progress=eval_cfg.progress or sys.stderr.isatty())
+    bs = eval_cfg.batch_size
+    feat_device = str(device) if device is not None else None
+    idx, gens = [], []
+    for start in shard.batch_starts(len(prompts), bs):
+        batch = prompts[start:start + bs]
+        gens += metrics.generate_continuations(model, tokenizer, batch, max_new_tokens=mc.new_tokens,
+                                               do_sample=mc.do_sample, seed=seed + start, batch_size=len(batch))
+        idx += range(start, start + len(batch))
+    q_local = [t if t.strip() else " " for t in gens]  # an empty generation still counts as a sample
+    p_feat = (metrics.featurize([truths[i] for i in idx], mc.featurizer, batch_size=bs, device=feat_device)
+              if idx else np.zeros((0, 0), np.float32))
+    q_feat = (metrics.featurize(q_local, mc.featurizer, batch_size=bs, device=feat_device)
+              if idx else np.zeros((0, 0), np.float32))
+    all_gens = shard.gather(idx, gens)
+    p = np.stack(shard.gather(idx, list(p_feat)))
+    q = np.stack(shard.gather(idx, list(q_feat)))
+    result = metrics.mauve_from_features(p, q, seed=seed)
     return {"mauve": float(result["mauve"]), "mauve_samples": int(result["samples"]),
-            **{k: float(result[k]) for k in ("rep2", "rep3", "rep4")}}
+            **{k: float(v) for k, v in metrics.repetition(all_gens).items()}}
+
+
+@torch.no_grad()
+def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, el_n: int | None = None) -> dict:
+    """What the training loop watches every k steps: forget MA and held-out perplexity (and
+    forget EL_n for the threshold stopping rule), named as in the full report."""
+    from trainables import metrics
+
+    shard = shard or Shard.replicated()
+    bs = eval_cfg.batch_size
+    was_training = model.training
+    model.eval()
+    forget = data.forget
+    idx = shard.indices(len(forget), bs)
+    ids, mask = forget.input_ids[idx], forget.attention_mask[idx]
+    ma = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=bs).tolist() if idx else []
+    out = {"forget.ma": _nanmean(shard.gather(idx, ma))}
+    if data.heldout is not None:
+        hidx = shard.indices(len(data.heldout), bs)
+        nll, tokens = (metrics.sequence_nll(model, data.heldout.input_ids[hidx], data.heldout.attention_mask[hidx],
+                                            batch_size=bs) if hidx else ([], []))
+        out["retain.ppl"] = metrics.perplexity_from(np.asarray(shard.gather(hidx, list(nll))),
+                                                    np.asarray(shard.gather(hidx, list(tokens))))
+    if el_n is not None:
+        el = (metrics.extraction_likelihood_per_sequence(model, ids, el_n, mask, prefix_stride=eval_cfg.prefix_stride,
+                                                         batch_size=bs) if idx else [])
+        out[f"forget.el{el_n}"] = float(np.mean(shard.gather(idx, [float(v) for v in el])))
+    model.train(was_training)
+    return out

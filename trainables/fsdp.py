@@ -1,14 +1,15 @@
 """FSDP2 (`torch.distributed.fsdp.fully_shard`) for the per-worker training function.
 
-Each transformer block is sharded, then the root (embeddings, final norm, the tied LM head).
-Parameters, gradients and AdamW state are split across workers (1/N each); a block's full
-weights exist only while it runs. On GPU the blocks compute in bfloat16 with float32 master
-weights and float32 gradient reduction (MixedPrecisionPolicy); on CPU everything stays in the
-model's dtype (gloo, as measured: FSDP2 runs on CPU, FSDP1 does not).
+Each transformer block (the model's `_no_split_modules`, or scaling.fsdp_block_class) is
+sharded, then the root (embeddings, final norm, the tied LM head). Parameters, gradients and
+AdamW state are split across workers (1/N each); a block's full weights exist only while it
+runs. On GPU the blocks compute in bfloat16 with float32 master weights and float32 gradient
+reduction (MixedPrecisionPolicy); on CPU everything stays in the model's dtype (gloo, as
+measured: FSDP2 runs on CPU, FSDP1 does not).
 
 Teacher memory, full fine-tuning: the frozen copy is sharded the same way, so it costs
 1/N of the model per worker (plus one block gathered at a time). LoRA: no copy at all (the
-adapters are switched off on the same sharded model).
+adapters are switched off on the same sharded model, or method.teacher=cached).
 
 Gradients are reduce-scattered after every micro-batch (no `no_sync`): accumulating unsharded
 gradients would hold a full-model gradient per worker, which is what FSDP is for avoiding.
@@ -29,21 +30,34 @@ import torch
 import torch.distributed as dist
 
 from trainables.distributed import Strategy
+from trainables.errors import InputError
 
 
-def transformer_blocks(model) -> list[torch.nn.Module]:
-    """The repeated blocks of a Hugging Face causal LM (or a PEFT model around one): modules
-    whose class is in the model's `_no_split_modules`, else the children of its largest
-    ModuleList."""
+def transformer_blocks(model, block_class: str | None = None) -> list[torch.nn.Module]:
+    """The repeated blocks of a Hugging Face causal LM (or a PEFT model around one), each to be
+    sharded on its own: the modules whose class is `block_class` (scaling.fsdp_block_class) or,
+    by default, in the model's `_no_split_modules` (Hugging Face's list of blocks that must
+    stay whole: the decoder layers, e.g. LlamaDecoderLayer). Outermost matches only (a listed
+    class nested in another listed one is left to its parent). Refuses when none is found."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    family = getattr(getattr(base, "config", None), "model_type", None) or type(base).__name__
+    names = {block_class} if block_class else set(getattr(base, "_no_split_modules", None) or [])
+    blocks: list[torch.nn.Module] = []
+    inside: set[int] = set()  # ids of modules under a block already taken
+    for module in model.modules():  # pre-order: a parent comes before its children
+        if id(module) in inside:
+            continue
+        if type(module).__name__ in names:
+            blocks.append(module)
+            inside.update(id(m) for m in module.modules())
     if blocks:
         return blocks
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        return []
-    return list(max(lists, key=len))
+    if block_class:
+        raise InputError(f"scaling.fsdp_block_class: no module of class '{block_class}' in model family "
+                         f"'{family}' (check the class name of its decoder layer)")
+    raise InputError(f"scaling.fsdp_block_class: model family '{family}' declares no blocks to shard "
+                     "(_no_split_modules); set scaling.fsdp_block_class to its decoder layer's class name "
+                     "(e.g. LlamaDecoderLayer)")
 
 
 class FSDP2Strategy(Strategy):
@@ -71,7 +85,7 @@ class FSDP2Strategy(Strategy):
                                     device_id=self.ctx.device if self.ctx.device.type == "cuda" else None)
         kwargs = self._sharding_kwargs(model)
         kwargs["reshard_after_forward"] = reshard_after_forward
-        for block in transformer_blocks(model):
+        for block in transformer_blocks(model, self.scaling.fsdp_block_class):
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         return model

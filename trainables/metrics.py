@@ -454,16 +454,26 @@ def extraction_likelihood(model, input_ids, n, attention_mask=None, prefix_strid
 
 # --------------------------------------------------------------------------- perplexity, repetition
 
-def perplexity(model, input_ids, attention_mask=None, batch_size: int = 32) -> float:
-    """exp(mean NLL) over all real predicted tokens (token weighted, padding excluded)."""
+def sequence_nll(model, input_ids, attention_mask=None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence summed NLL (float64) and number of predicted tokens: what perplexity
+    and the loss attack aggregate, computable on any subset of the sequences."""
     ids, mask, lengths = _as_batch(input_ids, attention_mask)
-    n_tok = sum(max(t - 1, 0) for t in lengths)
-    if n_tok == 0:
-        raise InputError("perplexity needs at least one sequence of 2 or more tokens")
     with _eval_mode(model):
         logp = token_log_probs(model, ids, mask, batch_size=batch_size)
-    nll = -float(logp.double().sum()) / n_tok
-    return math.exp(nll)
+    return (-logp.double().sum(1)).numpy(), np.array([max(t - 1, 0) for t in lengths], dtype=np.int64)
+
+
+def perplexity_from(nll: np.ndarray, tokens: np.ndarray) -> float:
+    """exp(sum NLL / sum tokens), summed in sequence order."""
+    n_tok = int(np.sum(tokens))
+    if n_tok == 0:
+        raise InputError("perplexity needs at least one sequence of 2 or more tokens")
+    return math.exp(float(np.sum(nll)) / n_tok)
+
+
+def perplexity(model, input_ids, attention_mask=None, batch_size: int = 32) -> float:
+    """exp(mean NLL) over all real predicted tokens (token weighted, padding excluded)."""
+    return perplexity_from(*sequence_nll(model, input_ids, attention_mask, batch_size))
 
 
 def _units(item) -> list:
@@ -629,12 +639,23 @@ def mauve_score(p_texts: Sequence[str], q_texts: Sequence[str], featurizer: str 
     MAUVE upward. Returns {mauve, samples (= min side), samples_p, samples_q,
     num_buckets}.
     """
-    import mauve
-
     if len(p_texts) < 2 or len(q_texts) < 2:
         raise InputError(f"MAUVE needs at least 2 texts per side, got {len(p_texts)} and {len(q_texts)}")
     p = featurize(p_texts, featurizer, batch_size=batch_size, pooling=pooling, device=device)
     q = featurize(q_texts, featurizer, batch_size=batch_size, pooling=pooling, device=device)
+    return mauve_from_features(p, q, seed=seed, num_buckets=num_buckets, mauve_scaling_factor=mauve_scaling_factor,
+                               kmeans_num_redo=kmeans_num_redo, kmeans_max_iter=kmeans_max_iter)
+
+
+def mauve_from_features(p, q, seed: int = 0, num_buckets="auto", mauve_scaling_factor: float = 5.0,
+                        kmeans_num_redo: int = 5, kmeans_max_iter: int = 500) -> dict:
+    """MAUVE between two feature arrays [n, d] (see mauve_score): the features can be made
+    where the texts are (split across workers) and reused (the human side of a sweep)."""
+    import mauve
+
+    p, q = np.asarray(p, dtype=np.float32), np.asarray(q, dtype=np.float32)
+    if len(p) < 2 or len(q) < 2:
+        raise InputError(f"MAUVE needs at least 2 texts per side, got {len(p)} and {len(q)}")
     n = min(len(p), len(q))
     if n < MAUVE_MIN_SAMPLES:
         warnings.warn(f"MAUVE on {n} samples per side (< {MAUVE_MIN_SAMPLES}): small samples bias it upward; "

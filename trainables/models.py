@@ -4,6 +4,7 @@ through PEFT, and the UnDIAL teacher in its three forms."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -11,61 +12,126 @@ import torch
 from trainables.errors import InputError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Set in processes that must never hold a model (a sweep trial's own process): a load there fails.
+NO_MODEL_LOADS = "UNDIAL_NO_MODEL_LOADS"
 
-# LoRA targets per architecture family (model.config.model_type); others use PEFT's "all-linear".
-LORA_TARGETS = {
-    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+# LoRA targets per architecture family (model.config.model_type): every linear projection of
+# attention and MLP, by the module names PEFT matches. GPT-2's are Conv1D (c_proj serves both
+# attention and MLP); Phi-3 fuses q/k/v (qkv_proj) and gate/up (gate_up_proj); Gemma is named
+# like Llama. A family not here needs lora.target_modules, rather than PEFT's "all-linear"
+# silently adapting whatever is linear there (MoE routers, extra heads).
+_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "gpt_neo": ("q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"),
+    "gptj": ("q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
 }
+
+
+def default_lora_targets(model_type: str | None) -> list[str] | None:
+    """The default LoRA target module names for a model family (config.model_type), or None
+    when the family has no default (then lora.target_modules must be set). Pure: no model."""
+    targets = LORA_TARGETS.get(model_type or "")
+    return list(targets) if targets is not None else None
 
 
 def _load_error(kind: str, name: str, exc: Exception) -> InputError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = "" if Path(name).exists() else " (not a local folder; a Hub id needs network access)"
+    import json
+
+    if isinstance(exc, json.JSONDecodeError):  # its text names no file
+        first = f"a JSON file in it is not valid JSON ({exc.msg}, line {exc.lineno})"
     return InputError(f"{kind}: cannot load '{name}'{hint}: {first}")
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
+def _unreadable_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged folder raises (a config.json that is not JSON, a truncated
+    safetensors file, a tokenizer.json of the wrong shape): bad input, one line."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, SafetensorError)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None,
+                   key: str = "tokenizer"):
+    """`key`: the config key named in errors (model.tokenizer, or model.name_or_path when the
+    tokenizer is the model's own)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
                                                   revision=revision)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _load_error("tokenizer", name_or_path, exc) from None
+    except _unreadable_errors() as exc:
+        raise _load_error(key, name_or_path, exc) from None
     if not tokenizer.is_fast:
-        raise InputError(f"tokenizer: '{name_or_path}' has no fast tokenizer; subsets need offset mappings")
+        raise InputError(f"{key}: '{name_or_path}' has no fast tokenizer; subsets need offset mappings")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False,
-                   revision: str | None = None, device: torch.device | str = "cpu"):
+                   revision: str | None = None, device: torch.device | str = "cpu",
+                   allow_pickle_weights: bool = False, key: str = "model.name_or_path"):
+    """Safetensors weights only unless `allow_pickle_weights` (model.allow_pickle_weights): a
+    local folder holding only pickle weights (pytorch_model.bin) is refused before loading."""
     from transformers import AutoModelForCausalLM
 
+    from trainables.preflight import check_weights_folder
+
+    if os.environ.get(NO_MODEL_LOADS):
+        raise RuntimeError(f"{name_or_path}: a model load in a process that must load none ({NO_MODEL_LOADS} "
+                           "is set: a sweep trial's process coordinates, the Ray Train workers load models)")
+    if Path(name_or_path).is_dir():
+        check_weights_folder(name_or_path, key, allow_pickle_weights)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype],
-                                                     trust_remote_code=trust_remote_code,
-                                                     revision=revision, use_safetensors=None)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _load_error("model.name_or_path", name_or_path, exc) from None
+                                                     trust_remote_code=trust_remote_code, revision=revision,
+                                                     use_safetensors=None if allow_pickle_weights else True)
+    except _unreadable_errors() as exc:
+        error = _load_error(key, name_or_path, exc)
+        if not allow_pickle_weights and "safetensors" in str(exc):
+            error = InputError(f"{error} (pickle weights are refused; model.allow_pickle_weights: true allows them)")
+        raise error from None
     return model.to(device)
+
+
+def configured_tokenizer(model_cfg):
+    """The tokenizer a run config names (model.tokenizer, else the model's own), at model.revision."""
+    key = "model.tokenizer" if model_cfg.tokenizer else "model.name_or_path"
+    return load_tokenizer(model_cfg.tokenizer or model_cfg.name_or_path, model_cfg.trust_remote_code,
+                          model_cfg.revision, key=key)
+
+
+def configured_model(model_cfg, device: torch.device | str = "cpu", name_or_path: str | None = None,
+                     key: str = "model.name_or_path"):
+    """The causal LM a run config names (or `name_or_path` with the config's dtype, revision and
+    pickle rule: the reference model), on `device`."""
+    return load_causal_lm(name_or_path or model_cfg.name_or_path, model_cfg.dtype, model_cfg.trust_remote_code,
+                          model_cfg.revision, device=device, allow_pickle_weights=model_cfg.allow_pickle_weights,
+                          key=key)
 
 
 def apply_lora(model, lora_cfg):
     """Wrap `model` with LoRA adapters (PEFT); the base weights are frozen."""
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_cfg.target_modules or LORA_TARGETS.get(model.config.model_type, "all-linear")
+    targets = lora_cfg.target_modules or default_lora_targets(model.config.model_type)
+    if targets is None:
+        raise InputError(f"lora.target_modules: no default LoRA targets for model family "
+                         f"'{model.config.model_type}'; set lora.target_modules (e.g. [q_proj, v_proj])")
+    # GPT-2's projections are Conv1D (weights stored transposed); PEFT would flip this itself, warning.
     peft_cfg = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
+                          target_modules=targets, task_type="CAUSAL_LM",
+                          fan_in_fan_out=model.config.model_type == "gpt2")
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as exc:
@@ -97,8 +163,15 @@ class AdapterOffTeacher:
 
     @torch.no_grad()
     def __call__(self, input_ids, attention_mask, example_index=None):
-        with self.peft_model.disable_adapter():
-            return self.forward(input_ids=input_ids, attention_mask=attention_mask).logits
+        # Eval mode for the teacher's pass (no dropout), as the frozen copy and the cache have.
+        # The flag is read from the PEFT model: a DeepSpeed engine's own .training goes stale.
+        was_training = self.peft_model.training
+        self.forward.train(False)
+        try:
+            with self.peft_model.disable_adapter():
+                return self.forward(input_ids=input_ids, attention_mask=attention_mask).logits
+        finally:
+            self.forward.train(was_training)
 
 
 class FrozenCopyTeacher:
@@ -123,7 +196,8 @@ def teacher_cache_bytes(num_sequences: int, seq_len: int, vocab_size: int) -> in
 
 
 class CachedTeacher:
-    """Full fine-tuning: teacher log-probabilities over the whole forget set, computed once.
+    """Teacher log-probabilities over the whole forget set, computed once: with the model before
+    training (full fine-tuning) or the base model before its adapters are added (LoRA).
 
     Stored in float16 (B*T*V*2 bytes); log-probabilities stand in for logits because the
     adjusted target softmax(z - gamma*onehot) is invariant to a per-row shift.

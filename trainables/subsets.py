@@ -20,16 +20,14 @@ character range overlaps a span.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
-from dataclasses import dataclass, fields
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from trainables.config import SUBSET_MODES as MODES
-from trainables.config import SUBSET_POLICIES as POLICIES
+from trainables.config import SUBSET_POLICIES as POLICIES  # noqa: F401 (re-exported)
 from trainables.config import SubsetSpec, _compile_user_pattern, _number
 from trainables.errors import InputError
 from trainables.scoring import token_log_probs

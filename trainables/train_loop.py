@@ -13,7 +13,6 @@ N workers take the same optimiser steps.
 from __future__ import annotations
 
 import atexit
-import json
 import math
 import os
 import random
@@ -27,16 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.data import DataSets, TokenizedSet, load_datasets
-from trainables.distributed import Strategy, WorkerContext, make_strategy
+from trainables.data import TokenizedSet, load_datasets
+from trainables.distributed import Strategy, WorkerContext
 from trainables.errors import InputError, TrainingDiverged
-from trainables.methods import FineTune, build_method, token_nll_sum
+from trainables.io import write_json
+from trainables.methods import build_method, token_nll_sum
+from trainables.evaluate import Shard, evaluate_model, load_result_model, watch_metrics
 from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora,
-                               count_parameters, load_causal_lm, load_tokenizer)
+                               configured_model, configured_tokenizer, count_parameters)
+from trainables.strategies import make_strategy
 from trainables.subsets import describe_selection, select_positions, selection_weights
 from trainables.undial import weight_sum
 
-CHECKPOINT_FILE = "train_state.pt"
+CHECKPOINT_FILE = "train_state.json"  # + train_state.safetensors: no pickle (trainables/checkpoint.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +181,8 @@ def build_weights(subset_spec, forget: TokenizedSet, model, cfg, tokenizer, log=
     if subset_spec.policy == "reference":
         if not subset_spec.reference_model:
             raise InputError("method.subset.reference_model: policy 'reference' needs a reference model")
-        reference = load_causal_lm(subset_spec.reference_model, cfg.model.dtype, cfg.model.trust_remote_code,
-                                   device=next(model.parameters()).device)
+        reference = configured_model(cfg.model, next(model.parameters()).device, subset_spec.reference_model,
+                                     key="method.subset.reference_model")
         if reference.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
             raise InputError("method.subset.reference_model: its vocabulary differs from the model's")
     if forget.texts is None and subset_spec.policy not in ("all", "reference"):
@@ -203,7 +205,8 @@ def build_weights(subset_spec, forget: TokenizedSet, model, cfg, tokenizer, log=
 class TrainState:
     step: int = 0
     history: list[dict] = field(default_factory=list)
-    baseline: dict | None = None
+    original: dict | None = None  # the watched figures (forget MA, held-out ppl) of the original model
+    original_report: dict | None = None  # its whole evaluation, when this run made it (kept on resume)
     best_step: int = 0
     best_score: float = float("inf")
     best_state: dict | None = None  # trainable weights at best_step (CPU); None = the initial weights
@@ -211,53 +214,51 @@ class TrainState:
     curve: list[dict] = field(default_factory=list)  # every step: step, loss, grad_norm, lr, time_s
 
 
-def quick_eval(model, data: DataSets, cfg, thresholds: dict | None) -> dict:
-    """What the loop watches every k steps: forget MA, held-out perplexity (and EL_n when the
-    threshold stopping rule needs it)."""
-    from trainables.metrics import extraction_likelihood, memorization_accuracy, perplexity
+@dataclass
+class Job:
+    """What a worker does around training (it travels as config["_job"]): the whole evaluation
+    of the original model and of the selected one, where the model already is."""
+    evaluate_original: bool = False
+    evaluate_final: bool = False
+    original: dict | None = None  # the original model's evaluation, measured once elsewhere (a sweep's)
+    train: bool = True            # False: only evaluate the configured model (`undial eval`)
 
-    was_training = model.training
-    model.eval()
-    bs = cfg.eval.batch_size
-    out = {"forget_ma": memorization_accuracy(model, data.forget.input_ids, data.forget.attention_mask, batch_size=bs)}
-    if data.heldout is not None:
-        out["heldout_ppl"] = perplexity(model, data.heldout.input_ids, data.heldout.attention_mask, batch_size=bs)
-    if thresholds is not None:
-        n = cfg.eval.el_n[0]
-        out[f"forget_el{n}"] = float(extraction_likelihood(model, data.forget.input_ids, n,
-                                                           data.forget.attention_mask,
-                                                           prefix_stride=cfg.eval.prefix_stride, batch_size=bs))
-    model.train(was_training)
-    return out
+    @classmethod
+    def from_plain(cls, plain: dict | None) -> "Job":
+        return cls(**(plain or {}))
 
 
-def compute_thresholds(model, data: DataSets, cfg) -> dict:
-    """Jang et al.'s stopping thresholds: EL_n and MA on never-seen records, measured once."""
-    from trainables.metrics import extraction_likelihood, memorization_accuracy
+def evaluation_shard(cfg, ctx: WorkerContext) -> Shard:
+    """Split evaluation batches across ranks where every rank holds the whole model; sharded
+    models (FSDP2, ZeRO-3) need every rank in every forward, so each rank computes all."""
+    sc = cfg.scaling
+    sharded = sc.strategy == "fsdp" or (sc.strategy == "deepspeed" and sc.zero_stage == 3)
+    return Shard.replicated() if sharded else Shard(ctx.rank, ctx.world_size)
 
+
+def thresholds_from(report: dict, cfg) -> dict:
+    """Jang et al.'s stopping thresholds: EL_n and MA on the never-seen records, from the
+    original model's evaluation."""
     n = cfg.eval.el_n[0]
-    bs = cfg.eval.batch_size
-    return {"ma": memorization_accuracy(model, data.unseen.input_ids, data.unseen.attention_mask, batch_size=bs),
-            f"el{n}": float(extraction_likelihood(model, data.unseen.input_ids, n, data.unseen.attention_mask,
-                                                  prefix_stride=cfg.eval.prefix_stride, batch_size=bs))}
+    return {"ma": report["unseen"]["ma"], f"el{n}": report["unseen"][f"el{n}"]}
 
 
-def selection_score(metrics: dict, baseline: dict, train_cfg) -> float:
+def selection_score(metrics: dict, original: dict, train_cfg) -> float:
     """Lower is better; inf when held-out perplexity broke the allowed factor."""
-    ppl, ppl0 = metrics.get("heldout_ppl"), baseline.get("heldout_ppl")
+    ppl, ppl0 = metrics.get("retain.ppl"), original.get("retain.ppl")
     if ppl is not None and ppl0 is not None and not ppl <= train_cfg.max_ppl_factor * ppl0:
         return float("inf")
-    return metrics["forget_ma"]
+    return metrics["forget.ma"]
 
 
-def should_stop(metrics: dict, baseline: dict, thresholds: dict | None, cfg) -> str | None:
+def should_stop(metrics: dict, original: dict, thresholds: dict | None, cfg) -> str | None:
     tc = cfg.train
-    if tc.stop_ppl_factor is not None and "heldout_ppl" in metrics:
-        if not metrics["heldout_ppl"] <= tc.stop_ppl_factor * baseline["heldout_ppl"]:
+    if tc.stop_ppl_factor is not None and "retain.ppl" in metrics:
+        if not metrics["retain.ppl"] <= tc.stop_ppl_factor * original["retain.ppl"]:
             return f"held-out perplexity rose past {tc.stop_ppl_factor} x the original"
     if tc.stop_when == "threshold" and thresholds is not None:
         n = cfg.eval.el_n[0]
-        if metrics["forget_ma"] < thresholds["ma"] and metrics[f"forget_el{n}"] < thresholds[f"el{n}"]:
+        if metrics["forget.ma"] < thresholds["ma"] and metrics[f"forget.el{n}"] < thresholds[f"el{n}"]:
             return f"forget MA and EL{n} fell below the unseen-set thresholds"
     return None
 
@@ -267,34 +268,29 @@ def should_stop(metrics: dict, baseline: dict, thresholds: dict | None, cfg) -> 
 
 
 def save_checkpoint(path: Path, strategy: Strategy, state: TrainState, ctx: WorkerContext) -> None:
+    from trainables.checkpoint import rng_state, write_state
+
     payload = {"model": strategy.trainable_state(), "optimizer": strategy.optimizer_state(),
                "scheduler": strategy.scheduler.state_dict(), "step": state.step, "history": state.history,
-               "baseline": state.baseline, "best_step": state.best_step, "best_score": state.best_score,
-               "best_state": state.best_state, "stopped": state.stopped,
-               "curve": state.curve,
-               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                       "python": random.getstate()}}
+               "original": state.original, "best_step": state.best_step, "best_score": state.best_score,
+               "best_state": state.best_state, "stopped": state.stopped, "original_report": state.original_report,
+               "curve": state.curve, "rng": rng_state()}
     if ctx.is_main:
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (CHECKPOINT_FILE + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path / CHECKPOINT_FILE)
+        write_state(path, payload)  # tensors to safetensors, the rest to JSON
 
 
 def load_checkpoint(path: str, strategy: Strategy, state: TrainState) -> None:
-    file = Path(path) / CHECKPOINT_FILE
-    if not file.is_file():
-        raise InputError(f"run.resume_from: {path} holds no {CHECKPOINT_FILE}")
-    payload = torch.load(file, map_location="cpu", weights_only=False)
+    from trainables.checkpoint import read_state, set_rng_state
+
+    payload = read_state(path, "run.resume_from")  # refuses a pickle train_state.pt unopened
     strategy.load_trainable_state(payload["model"])
     strategy.load_optimizer_state(payload["optimizer"])
     strategy.scheduler.load_state_dict(payload["scheduler"])
-    for key in ("step", "history", "baseline", "best_step", "best_score", "best_state", "stopped"):
+    for key in ("step", "history", "original", "best_step", "best_score", "best_state", "stopped"):
         setattr(state, key, payload[key])
     state.curve = payload.get("curve", [])
-    torch.set_rng_state(payload["rng"]["torch"])
-    np.random.set_state(payload["rng"]["numpy"])
-    random.setstate(payload["rng"]["python"])
+    state.original_report = payload.get("original_report")
+    set_rng_state(payload["rng"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,22 +304,24 @@ def _stack(tset: TokenizedSet, idx: list[int], device):
 
 
 def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, reporter: LocalReporter | None = None,
-                   log=print) -> dict:
-    """Setup, train, save. Returns {"history", "best_step", "steps", "stopped", "model_dir"}."""
+                   log=print, job: Job | None = None) -> dict:
+    """Setup, (evaluate the original,) train, (evaluate the selected model,) save. Returns
+    {"history", "best_step", "steps", "stopped", "model_dir", "evaluation", "timings", ...}."""
     log = log if ctx.is_main else (lambda *a, **k: None)
     reporter = reporter or LocalReporter(ctx, log)
+    job = job or Job()
     tc = cfg.train
     seed_everything(tc.seed)
+    t_setup = time.perf_counter()
+    timings: dict[str, float] = {}
 
     # ---- setup: tokenizer, data, model, subset weights, teacher, strategy
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
-                               cfg.model.revision)
+    tokenizer = configured_tokenizer(cfg.model)
     method = build_method(cfg.method)
     data = load_datasets(cfg.data, tokenizer, need_retain=cfg.method.retain_weight > 0)
     if cfg.method.retain_weight > 0 and data.retain is None:
         raise InputError("method.retain_weight: > 0 needs data.retain")
-    model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                           cfg.model.revision, device=ctx.device)
+    model = configured_model(cfg.model, ctx.device)
     model.config.use_cache = False
     forget = data.forget
     weights = build_weights(cfg.method.subset, forget, model, cfg, tokenizer, log)
@@ -332,12 +330,13 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     retain_plan = make_batch_plan(len(data.retain), tc, ctx.world_size, ctx.rank, 1) if data.retain else None
 
     teacher = None
-    if method.needs_teacher and not cfg.lora.enabled:
-        if cfg.method.teacher == "cached":
-            teacher = CachedTeacher.compute(model, forget.input_ids, forget.attention_mask,
-                                            cfg.method.teacher_cache_max_gb, log=log)
-        else:
-            teacher = FrozenCopyTeacher.copy_of(model)
+    if method.needs_teacher and cfg.method.teacher == "cached":
+        # Before the adapters are added: with LoRA the base model is the teacher, so its
+        # log-probabilities are computed once here instead of an adapters-off pass per step.
+        teacher = CachedTeacher.compute(model, forget.input_ids, forget.attention_mask,
+                                        cfg.method.teacher_cache_max_gb, log=log)
+    elif method.needs_teacher and not cfg.lora.enabled:
+        teacher = FrozenCopyTeacher.copy_of(model)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     total, trainable = count_parameters(model)
@@ -353,12 +352,12 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc, steps)))
     if isinstance(teacher, FrozenCopyTeacher):
         teacher.model = strategy.wrap_teacher(teacher.model)
-    elif method.needs_teacher and cfg.lora.enabled:
+    elif teacher is None and method.needs_teacher and cfg.lora.enabled:
         teacher = AdapterOffTeacher(strategy.inner, forward=strategy.module)
     if teacher is not None:
         log(f"teacher: {teacher.kind}")
 
-    # ---- resume or baseline
+    # ---- resume, or the original model's figures
     state = TrainState()
     restore = reporter.restore_dir(cfg.run)
     resumed_at = None
@@ -366,15 +365,26 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         load_checkpoint(restore, strategy, state)
         resumed_at = state.step
         log(f"resumed from {restore} at step {state.step}")
+    shard = evaluation_shard(cfg, ctx)
+    original = job.original or state.original_report
+    wants_thresholds = tc.stop_when == "threshold" and data.unseen is not None
+    if original is None and (job.evaluate_original or wants_thresholds):
+        log("evaluating the original model ...")
+        t_eval = time.perf_counter()
+        original = evaluate_model(strategy.eval_model, tokenizer, data, cfg.eval, seed=tc.seed, shard=shard,
+                                  device=ctx.device, log=log)
+        timings["original_eval_s"] = time.perf_counter() - t_eval
+        state.original_report = original
     thresholds = None
-    if tc.stop_when == "threshold" and data.unseen is not None:
-        thresholds = compute_thresholds(strategy.eval_model, data, cfg)
+    if wants_thresholds:
+        thresholds = thresholds_from(original, cfg)
         log(f"thresholds (unseen set): {thresholds}")
-    if state.baseline is None:
-        state.baseline = quick_eval(strategy.eval_model, data, cfg, thresholds)
-        state.best_score = selection_score(state.baseline, state.baseline, tc)
-        state.history.append({"step": 0, **state.baseline})
-        log(f"step 0: {_fmt(state.baseline)}")
+    el_watch = cfg.eval.el_n[0] if thresholds is not None else None
+    if state.original is None:
+        state.original = watch_metrics(strategy.eval_model, data, cfg.eval, shard, el_watch)
+        state.best_score = selection_score(state.original, state.original, tc)
+        state.history.append({"step": 0, **state.original})
+        log(f"step 0: {_fmt(state.original)}")
 
     # ---- train
     checkpoint_every = cfg.run.checkpoint_every or tc.eval_every
@@ -386,6 +396,8 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
                          f"{checkpoint_every}, run.checkpoint_every), or the restarted run would fail again")
     strategy.module.train()
     t0 = time.perf_counter()
+    timings["setup_s"] = t0 - t_setup - timings.get("original_eval_s", 0.0)
+    timings["watch_eval_s"] = 0.0
     while state.step < steps and state.stopped is None:
         if fail_at is not None and state.step == fail_at:
             # Ray Train's controller collects a rank's report when its poll (every 2 s) takes it off
@@ -439,14 +451,16 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
                 f"({time.perf_counter() - t0:.1f}s)")
         evaluated = state.step % tc.eval_every == 0 or state.step == steps
         if evaluated:
-            evaluation = quick_eval(strategy.eval_model, data, cfg, thresholds)
+            t_eval = time.perf_counter()
+            evaluation = watch_metrics(strategy.eval_model, data, cfg.eval, shard, el_watch)
+            timings["watch_eval_s"] += time.perf_counter() - t_eval
             metrics.update(evaluation)
             state.history.append({"step": state.step, "loss": step_loss, **evaluation})
-            score = selection_score(evaluation, state.baseline, tc)
+            score = selection_score(evaluation, state.original, tc)
             if score < state.best_score:
                 state.best_score, state.best_step = score, state.step
                 state.best_state = strategy.trainable_state() if tc.select == "best" else None
-            state.stopped = should_stop(evaluation, state.baseline, thresholds, cfg)
+            state.stopped = should_stop(evaluation, state.original, thresholds, cfg)
             log(f"step {state.step}: {_fmt(evaluation)}" + (f" -> stop: {state.stopped}" if state.stopped else ""))
         at_checkpoint = state.step % checkpoint_every == 0 or state.step == steps or state.stopped
         if at_checkpoint and reporter.keeps_checkpoints:
@@ -466,14 +480,40 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
             strategy.load_trainable_state(_initial_trainable_state(cfg, strategy))
         log(f"selected step {state.best_step} (rule: lowest forget MA with held-out ppl <= "
             f"{tc.max_ppl_factor} x original)")
+    train_seconds = time.perf_counter() - t0
+    evaluation = {"original": original} if job.evaluate_original else {}
+    if job.evaluate_final:
+        log("evaluating the unlearned model ...")
+        t_eval = time.perf_counter()
+        evaluation["unlearned"] = evaluate_model(strategy.eval_model, tokenizer, data, cfg.eval, seed=tc.seed,
+                                                 shard=shard, device=ctx.device, log=log)
+        timings["final_eval_s"] = time.perf_counter() - t_eval
     model_dir = None
     if output_dir is not None:
         model_dir = Path(output_dir)
         save_model(strategy, tokenizer, model_dir, ctx)
+    timings.update(steps_s=train_seconds - timings["watch_eval_s"], total_s=time.perf_counter() - t_setup)
     return {"history": state.history, "best_step": state.best_step if tc.select == "best" else state.step,
             "steps": state.step, "stopped": state.stopped, "model_dir": str(model_dir) if model_dir else None,
-            "curve": state.curve, "resumed_at": resumed_at,
-            "seconds": time.perf_counter() - t0}
+            "curve": state.curve, "resumed_at": resumed_at, "evaluation": evaluation, "timings": timings,
+            "seconds": train_seconds}
+
+
+def run_evaluation(cfg, ctx: WorkerContext, log=print) -> dict:
+    """`undial eval` and a sweep's original model: load the configured model (a model or adapter
+    folder) here, on this worker's device, and evaluate it with the evaluation batches split
+    across the workers."""
+    log = log if ctx.is_main else (lambda *a, **k: None)
+    t0 = time.perf_counter()
+    tokenizer = configured_tokenizer(cfg.model)
+    data = load_datasets(cfg.data, tokenizer, need_retain=False)
+    model = load_result_model(cfg.model.name_or_path, cfg.model.dtype, device=ctx.device,
+                              trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
+                              allow_pickle_weights=cfg.model.allow_pickle_weights, key="model.name_or_path")
+    report = evaluate_model(model, tokenizer, data, cfg.eval, seed=cfg.train.seed,
+                            shard=Shard(ctx.rank, ctx.world_size), device=ctx.device, log=log)
+    return {"evaluation": {"original": report}, "steps": 0, "history": [], "curve": [],
+            "timings": {"total_s": time.perf_counter() - t0}, "seconds": 0.0}
 
 
 def _initial_trainable_state(cfg, strategy: Strategy) -> dict:
@@ -482,9 +522,7 @@ def _initial_trainable_state(cfg, strategy: Strategy) -> dict:
     full fine-tuning: the original weights, reloaded rather than kept in memory all run."""
     if cfg.lora.enabled:
         return {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in strategy.trainable_state().items()}
-    model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                           cfg.model.revision)
-    return model.state_dict()
+    return configured_model(cfg.model).state_dict()
 
 
 def save_model(strategy: Strategy, tokenizer, model_dir: Path, ctx: WorkerContext) -> None:
@@ -513,18 +551,22 @@ def train_fn_per_worker(config: dict) -> None:
 
     config = dict(config)
     output_dir = config.pop("_output_dir", None)
+    job = Job.from_plain(config.pop("_job", None))
     cfg = from_dict(UnlearnConfig, config)
     ctx = WorkerContext.setup(cfg.scaling.use_gpu)
     if not in_ray_train_worker():
-        result = run_unlearning(cfg, ctx, output_dir, LocalReporter(ctx))
+        result = (run_unlearning(cfg, ctx, output_dir, LocalReporter(ctx), job=job) if job.train
+                  else run_evaluation(cfg, ctx))
         if ctx.is_main and output_dir is not None:
-            (Path(output_dir) / "train_result.json").write_text(json.dumps(result, indent=2))
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            write_json(Path(output_dir) / "train_result.json", result)
         return
     reporter = RayReporter(ctx)
     with tempfile.TemporaryDirectory(prefix="undial-result-") as final:
-        result = run_unlearning(cfg, ctx, Path(final) / "model", reporter)
+        result = (run_unlearning(cfg, ctx, Path(final) / "model", reporter, job=job) if job.train
+                  else run_evaluation(cfg, ctx))
         if ctx.is_main:
-            (Path(final) / "train_result.json").write_text(json.dumps(result, indent=2))
+            write_json(Path(final) / "train_result.json", result)
         reporter.report({"step": result["steps"], "final": 1}, final if ctx.is_main else None)
 
 
