@@ -22,12 +22,14 @@ from trainables.io import write_json, write_text
 
 def _shipped(package: str, name: str, checkout_dir: str) -> Path:
     """A file shipped as package data (pyproject.toml maps configs/ and search_spaces/ into the
-    undial_assets namespace); from a source tree that was never installed, the checkout's copy."""
+    undial_assets namespace); else the checkout's copy, which is what the mapping gives there."""
     from importlib.resources import files
 
     try:
         path = Path(str(files(package) / name))
-    except ModuleNotFoundError:
+    except (ModuleNotFoundError, NotADirectoryError):
+        # not installed (a bare source tree), or installed editable: setuptools' editable finder
+        # puts a non-folder placeholder in a namespace package's path, which files() refuses
         path = None
     if path is None or not path.is_file():
         path = Path(__file__).resolve().parent.parent / checkout_dir / name

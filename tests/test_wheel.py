@@ -4,6 +4,7 @@ search space, and `undial unlearn --demo` runs from it outside the checkout."""
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import types
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "orchestrator", "trainables", "configs", "search_spaces")
 SHIPPED = {"undial_assets/configs/demo.yaml": "configs/demo.yaml",
            "undial_assets/search_spaces/demo.yaml": "search_spaces/demo.yaml"}
+PIP_ENV = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -25,30 +27,33 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return out
 
 
+def _copy_sources(dest: Path) -> Path:
+    dest.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel, built offline (installed setuptools, no isolation) from a copy of the sources,
     so the checkout gets no build/ or egg-info of it."""
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    src.mkdir()
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(ROOT / name, src / name)
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    src = _copy_sources(tmp / "src")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-          str(tmp / "dist"), str(src)], env=env)
+          str(tmp / "dist"), str(src)], env=PIP_ENV)
     (whl,) = (tmp / "dist").glob("*.whl")
     return whl
 
 
 @pytest.fixture(scope="module")
-def site(wheel) -> Path:
+def installed(wheel) -> Path:
+    """The wheel installed into a bare folder (pip --target)."""
     target = wheel.parent.parent / "site"
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], env=env)
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], env=PIP_ENV)
     return target
 
 
@@ -93,16 +98,16 @@ def _check_demo_sweep(got: dict) -> None:
     assert got["base"]["method"]["subset"]["policy"] == "reference" and got["base"]["model"]["name_or_path"] == "demo:model"
 
 
-def test_installed_demo_runs_outside_the_checkout(site, tiny_demo, tmp_path):
+def test_installed_demo_runs_outside_the_checkout(installed, tiny_demo, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     # only the installed copy importable; the demo is the session's tiny build (UNDIAL_DEMO_SIZE)
-    env.update(PYTHONPATH=str(site), UNDIAL_CACHE=str(tiny_demo.parent), UNDIAL_DEMO_SIZE="tiny",
+    env.update(PYTHONPATH=str(installed), UNDIAL_CACHE=str(tiny_demo.parent), UNDIAL_DEMO_SIZE="tiny",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     got = json.loads(_run([sys.executable, "-c", SWEEP_PROBE], cwd=cwd, env=env).stdout.strip().splitlines()[-1])
     for path in got["files"]:
-        assert Path(path).resolve().is_relative_to(site.resolve()), path
+        assert Path(path).resolve().is_relative_to(installed.resolve()), path
     _check_demo_sweep(got)
 
     # the demo's recipe, cut short: 2 steps, no unseen set, MAUVE and MIA off, EL3 at one prefix
@@ -138,3 +143,24 @@ def test_sweep_demo_flag_in_the_checkout(monkeypatch, capsys):
     capsys.readouterr()
     assert main(["sweep", "--demo", "search_spaces/demo.yaml"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: give either SPACE.yaml or --demo, not both"]
+
+
+def test_editable_install_finds_the_checkout_files(tmp_path):
+    """`pip install -e .` (README, CI): its namespace-package path holds a placeholder that
+    importlib.resources refuses; the demo files are then the checkout's."""
+    src = _copy_sources(tmp_path / "src")
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = str(venv / "bin" / "python")
+    # this interpreter's packages (pip, setuptools, yaml ...) on the venv's path, their .pth files
+    # unread: the checkout's own editable finder stays out
+    venv_site = _run([python, "-c", "import site; print(site.getsitepackages()[0])"]).stdout.strip()
+    (Path(venv_site) / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(src)], env=PIP_ENV)
+    probe = ("import json, orchestrator\n"
+             "from orchestrator.unlearn import DEMO_CONFIG, DEMO_SPACE\n"
+             "print(json.dumps([orchestrator.__file__, str(DEMO_CONFIG), str(DEMO_SPACE)]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    module, config, space = json.loads(_run([python, "-c", probe], cwd=tmp_path, env=env).stdout.splitlines()[-1])
+    assert Path(module) == src / "orchestrator" / "__init__.py"
+    assert (Path(config), Path(space)) == (src / "configs" / "demo.yaml", src / "search_spaces" / "demo.yaml")

@@ -26,7 +26,7 @@ State:
   GatheredParameters; save: the engine's consolidated state dict, layer by layer);
   loading broadcasts from rank 0 and refreshes the fp32 master partitions.
 - optimiser: each worker's fp32 master partition and its AdamW state (exp_avg, exp_avg_sq,
-  step) are gathered to rank 0 into the single train_state.pt; on resume each worker takes
+  step) are gathered to rank 0 into the one checkpoint (train_state.safetensors + .json); on resume each worker takes
   back its own. Exact, but tied to the worker count and ZeRO stage (a resume with another
   count is refused with a clear message).
 """
