@@ -46,6 +46,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from orchestrator.plan import plan
+
+    print(plan(args.config, args.overrides, gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory,
+               headroom=args.headroom, shape_name=args.shape, params=args.params, layers=args.layers,
+               hidden=args.hidden, vocab=args.vocab, heads=args.heads, intermediate=args.intermediate,
+               workers=args.workers, forget_records=args.forget_records))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="undial", description="UnDIAL unlearning, sweeps and tracking.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True)
     ev.add_argument("--overwrite", action="store_true")
     ev.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("plan", help="per-GPU memory per strategy, and the strategy and worker count that fit")
+    pl.add_argument("config", metavar="CONFIG_OR_SPACE.yaml", help="a run config or a search space")
+    pl.add_argument("overrides", nargs="*", metavar="key=value", help="config (or space) overrides")
+    pl.add_argument("--gpus-per-node", type=int, default=8)
+    pl.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB", help="memory per GPU in GiB")
+    pl.add_argument("--headroom", type=float, default=0.15, help="fraction of GPU memory kept free")
+    pl.add_argument("--workers", type=int, help="workers per trial (default: scaling.num_workers)")
+    pl.add_argument("--shape", help="a built-in model shape (gpt-neo-125m, gpt-neo-1.3b, gpt-neo-2.7b, llama-7b, ...)")
+    for flag in ("--layers", "--hidden", "--vocab", "--heads", "--intermediate", "--forget-records"):
+        pl.add_argument(flag, type=int)
+    pl.add_argument("--params", type=float, help="total parameter count, e.g. 1.3e9 (with --layers --hidden --vocab)")
+    pl.set_defaults(func=cmd_plan, light=True)
 
     try:
         from orchestrator.sweep_cli import add_sweep_commands

@@ -33,7 +33,7 @@ import yaml
 
 from orchestrator.objectives import check_measurable, lookup_metric
 from orchestrator.pareto import Objective
-from trainables.config import UnlearnConfig, _check, apply_overrides, from_dict, read_yaml, to_plain
+from trainables.config import UnlearnConfig, apply_overrides, check, from_dict, read_yaml, to_plain
 from trainables.errors import InputError
 from trainables.tree import deep_merge, get_path, set_path
 
@@ -212,17 +212,17 @@ class Budget:
     time_budget_s: float | None = None
 
     def validate(self, path: str) -> None:
-        _check(self.num_samples >= 1, f"{path}.num_samples", "expected an integer >= 1", self.num_samples)
-        _check(self.max_concurrent_trials >= 1, f"{path}.max_concurrent_trials", "expected an integer >= 1",
+        check(self.num_samples >= 1, f"{path}.num_samples", "expected an integer >= 1", self.num_samples)
+        check(self.max_concurrent_trials >= 1, f"{path}.max_concurrent_trials", "expected an integer >= 1",
                self.max_concurrent_trials)
-        _check(self.workers_per_trial is None or self.workers_per_trial >= 1, f"{path}.workers_per_trial",
+        check(self.workers_per_trial is None or self.workers_per_trial >= 1, f"{path}.workers_per_trial",
                "expected an integer >= 1", self.workers_per_trial)
         for key, value in (self.resources_per_worker or {}).items():
-            _check(value >= 0, f"{path}.resources_per_worker.{key}", "expected a number >= 0", value)
+            check(value >= 0, f"{path}.resources_per_worker.{key}", "expected a number >= 0", value)
         for key, value in self.trial_resources.items():
-            _check(value >= 0, f"{path}.trial_resources.{key}", "expected a number >= 0", value)
-        _check(self.max_failures >= -1, f"{path}.max_failures", "expected an integer >= -1", self.max_failures)
-        _check(self.time_budget_s is None or self.time_budget_s > 0, f"{path}.time_budget_s",
+            check(value >= 0, f"{path}.trial_resources.{key}", "expected a number >= 0", value)
+        check(self.max_failures >= -1, f"{path}.max_failures", "expected an integer >= -1", self.max_failures)
+        check(self.time_budget_s is None or self.time_budget_s > 0, f"{path}.time_budget_s",
                "expected a number > 0", self.time_budget_s)
         allowed = _sampler_options(self.sampler)
         for key in self.sampler_options:

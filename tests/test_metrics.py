@@ -368,3 +368,34 @@ def test_generation_quality_end_to_end():
     assert again == again2
     with pytest.raises(InputError):
         M.generation_quality(model, tok, prompts, human[:3])
+
+
+def test_sequence_scores_equal_the_separate_measures():
+    """One forward per batch gives what MA, sequence NLL and the membership scores give apart."""
+    import numpy as np
+    import torch
+
+    from trainables import metrics
+
+    torch.manual_seed(0)
+    from trainables.tiny import gpt_neo_config, random_model
+
+    model = random_model(gpt_neo_config(50, hidden=16, layers=2, heads=2, context=32), seed=0).eval()
+    ids = torch.randint(0, 50, (7, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[4, 3:] = 0
+    private = torch.rand(7, 12) < 0.4
+    private[2] = False
+    got = metrics.sequence_scores(model, ids, mask, position_mask=private, batch_size=3)
+    ma = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=3).numpy()
+    ma_p = metrics.memorization_accuracy_per_sequence(model, ids, mask, position_mask=private, batch_size=3).numpy()
+    nll, tokens = metrics.sequence_nll(model, ids, mask, batch_size=3)
+    mia = metrics.mia_scores(model, ids, mask, batch_size=3)
+    np.testing.assert_array_equal(got["ma"], ma)
+    np.testing.assert_array_equal(np.isnan(got["ma_private"]), np.isnan(ma_p))
+    np.testing.assert_allclose(got["ma_private"][~np.isnan(ma_p)], ma_p[~np.isnan(ma_p)])
+    np.testing.assert_array_equal(got["tokens"], tokens)
+    np.testing.assert_allclose(got["nll"], nll, rtol=1e-6)
+    np.testing.assert_allclose(got["mia_loss"], mia["loss"], rtol=1e-6)
+    np.testing.assert_allclose(got["mia_min_k"], mia["min_k"], rtol=1e-6)

@@ -25,6 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from trainables.errors import InputError
+from trainables.tree import leaves, map_leaves
 
 DEMO_PREFIX = "demo:"  # "demo:model" -> <built demo dir>/model
 
@@ -36,7 +37,7 @@ SUBSET_POLICIES = ("all", "entities", "nouns", "pattern", "spans", "reference")
 SUBSET_MODES = ("hard", "soft")
 _FIELD = "method.subset"
 # The registry's names (trainables.methods.METHODS; a test keeps the two equal).
-METHOD_NAMES = ("undial", "finetune", "gradient_ascent")
+METHOD_NAMES = ("undial", "finetune", "gradient_ascent", "graddiff", "npo", "simnpo", "rmu")
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,9 @@ class LoraConfig:
     target_modules: list[str] | None = None  # None: a default per architecture family
 
     def validate(self, path: str) -> None:
-        _check(self.rank >= 1, f"{path}.rank", "expected an integer >= 1", self.rank)
-        _check(self.alpha > 0, f"{path}.alpha", "expected a number > 0", self.alpha)
-        _check(0 <= self.dropout < 1, f"{path}.dropout", "expected a number in [0, 1)", self.dropout)
+        check(self.rank >= 1, f"{path}.rank", "expected an integer >= 1", self.rank)
+        check(self.alpha > 0, f"{path}.alpha", "expected a number > 0", self.alpha)
+        check(0 <= self.dropout < 1, f"{path}.dropout", "expected a number in [0, 1)", self.dropout)
 
 
 @dataclass
@@ -151,14 +152,42 @@ class MethodConfig:
     retain_weight: float = 0.0  # alpha of an optional retain-set NLL term
     teacher: Literal["live", "cached"] = "live"  # live with LoRA: adapters off; cached: log-probs once
     teacher_cache_max_gb: float = 4.0
+    # Baselines (trainables/methods.py); each read only by its method.
+    npo_beta: float = 0.1         # NPO's inverse temperature
+    simnpo_beta: float = 2.5      # SimNPO (Fan et al.: 2.5 on TOFU forget05)
+    simnpo_delta: float = 0.0     # SimNPO's margin
+    rmu_layer: int | None = None  # RMU's block (0-based); None: WMDP's 7 of 32 scaled to the depth
+    rmu_update_layers: list[int] | None = None  # blocks whose MLP weights train; None: layer-2 .. layer
+    rmu_c: float = 20.0           # RMU's steering scale (WMDP code default)
+    rmu_alpha: float = 100.0      # RMU's retain hidden-state weight (WMDP code default); its frozen
+                                  # model is a live copy whatever method.teacher says
 
     def validate(self, path: str) -> None:
-        _check(self.name in METHOD_NAMES, f"{path}.name", f"unknown method (choose from {', '.join(METHOD_NAMES)})",
+        check(self.name in METHOD_NAMES, f"{path}.name", f"unknown method (choose from {', '.join(METHOD_NAMES)})",
                self.name)
-        _check(self.gamma >= 0, f"{path}.gamma", "expected a number >= 0", self.gamma)
-        _check(self.retain_weight >= 0, f"{path}.retain_weight", "expected a number >= 0", self.retain_weight)
-        _check(self.teacher_cache_max_gb > 0, f"{path}.teacher_cache_max_gb", "expected a number > 0",
+        check(self.gamma >= 0, f"{path}.gamma", "expected a number >= 0", self.gamma)
+        check(self.retain_weight >= 0, f"{path}.retain_weight", "expected a number >= 0", self.retain_weight)
+        check(self.teacher_cache_max_gb > 0, f"{path}.teacher_cache_max_gb", "expected a number > 0",
                self.teacher_cache_max_gb)
+        check(self.npo_beta > 0, f"{path}.npo_beta", "expected a number > 0", self.npo_beta)
+        check(self.simnpo_beta > 0, f"{path}.simnpo_beta", "expected a number > 0", self.simnpo_beta)
+        check(self.simnpo_delta >= 0, f"{path}.simnpo_delta", "expected a number >= 0", self.simnpo_delta)
+        check(self.rmu_layer is None or self.rmu_layer >= 0, f"{path}.rmu_layer", "expected an integer >= 0 or null",
+              self.rmu_layer)
+        layers = self.rmu_update_layers
+        check(layers is None or (len(layers) >= 1 and all(k >= 0 for k in layers)), f"{path}.rmu_update_layers",
+              "expected a non-empty list of integers >= 0 or null", layers)
+        check(layers is None or self.rmu_layer is None or max(layers) <= self.rmu_layer, f"{path}.rmu_update_layers",
+              f"expected layers at or below method.rmu_layer ({self.rmu_layer})", layers)
+        check(self.rmu_c > 0, f"{path}.rmu_c", "expected a number > 0", self.rmu_c)
+        check(self.rmu_alpha >= 0, f"{path}.rmu_alpha", "expected a number >= 0", self.rmu_alpha)
+        if self.name == "graddiff":
+            check(self.retain_weight > 0, f"{path}.retain_weight",
+                  "graddiff is gradient ascent plus a retain term: expected a number > 0", self.retain_weight)
+
+    def uses_retain(self) -> bool:
+        """Whether training reads data.retain: the retain NLL term, or RMU's retain hidden states."""
+        return self.retain_weight > 0 or (self.name == "rmu" and self.rmu_alpha > 0)
 
 
 @dataclass
@@ -176,10 +205,10 @@ class DataConfig:
     max_records: int | None = None  # cap for retain / heldout / prompts (eval cost)
 
     def validate(self, path: str) -> None:
-        _check(self.max_length >= 2, f"{path}.max_length", "expected an integer >= 2", self.max_length)
-        _check(1 <= self.min_length <= self.max_length, f"{path}.min_length",
+        check(self.max_length >= 2, f"{path}.max_length", "expected an integer >= 2", self.max_length)
+        check(1 <= self.min_length <= self.max_length, f"{path}.min_length",
                "expected an integer in [1, max_length]", self.min_length)
-        _check(self.max_records is None or self.max_records >= 1, f"{path}.max_records",
+        check(self.max_records is None or self.max_records >= 1, f"{path}.max_records",
                "expected an integer >= 1", self.max_records)
 
 
@@ -204,27 +233,27 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self, path: str) -> None:
-        _check(self.lr > 0, f"{path}.lr", "expected a number > 0", self.lr)
-        _check(self.weight_decay >= 0, f"{path}.weight_decay", "expected a number >= 0", self.weight_decay)
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{path}.betas",
+        check(self.lr > 0, f"{path}.lr", "expected a number > 0", self.lr)
+        check(self.weight_decay >= 0, f"{path}.weight_decay", "expected a number >= 0", self.weight_decay)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{path}.betas",
                "expected two numbers in [0, 1)", self.betas)
-        _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "expected an integer >= 0", self.warmup_steps)
-        _check(self.max_steps is not None or self.epochs is not None, f"{path}.max_steps",
+        check(self.warmup_steps >= 0, f"{path}.warmup_steps", "expected an integer >= 0", self.warmup_steps)
+        check(self.max_steps is not None or self.epochs is not None, f"{path}.max_steps",
                "set max_steps or epochs", self.max_steps)
-        _check(self.max_steps is None or self.max_steps >= 1, f"{path}.max_steps", "expected an integer >= 1",
+        check(self.max_steps is None or self.max_steps >= 1, f"{path}.max_steps", "expected an integer >= 1",
                self.max_steps)
-        _check(self.epochs is None or self.epochs > 0, f"{path}.epochs", "expected a number > 0", self.epochs)
-        _check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
-        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{path}.micro_batch_size",
+        check(self.epochs is None or self.epochs > 0, f"{path}.epochs", "expected a number > 0", self.epochs)
+        check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
+        check(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{path}.micro_batch_size",
                "expected an integer >= 1", self.micro_batch_size)
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, f"{path}.max_grad_norm",
+        check(self.max_grad_norm is None or self.max_grad_norm > 0, f"{path}.max_grad_norm",
                "expected a number > 0", self.max_grad_norm)
-        _check(self.eval_every >= 1, f"{path}.eval_every", "expected an integer >= 1", self.eval_every)
-        _check(self.max_ppl_factor >= 1, f"{path}.max_ppl_factor", "expected a number >= 1",
+        check(self.eval_every >= 1, f"{path}.eval_every", "expected an integer >= 1", self.eval_every)
+        check(self.max_ppl_factor >= 1, f"{path}.max_ppl_factor", "expected a number >= 1",
                self.max_ppl_factor)
-        _check(self.stop_ppl_factor is None or self.stop_ppl_factor >= 1, f"{path}.stop_ppl_factor",
+        check(self.stop_ppl_factor is None or self.stop_ppl_factor >= 1, f"{path}.stop_ppl_factor",
                "expected a number >= 1", self.stop_ppl_factor)
-        _check(self.log_every >= 1, f"{path}.log_every", "expected an integer >= 1", self.log_every)
+        check(self.log_every >= 1, f"{path}.log_every", "expected an integer >= 1", self.log_every)
 
 
 @dataclass
@@ -237,9 +266,9 @@ class MauveConfig:
     do_sample: bool = False
 
     def validate(self, path: str) -> None:
-        _check(self.max_prompts >= 2, f"{path}.max_prompts", "expected an integer >= 2", self.max_prompts)
-        _check(self.prompt_tokens >= 1, f"{path}.prompt_tokens", "expected an integer >= 1", self.prompt_tokens)
-        _check(self.new_tokens >= 1, f"{path}.new_tokens", "expected an integer >= 1", self.new_tokens)
+        check(self.max_prompts >= 2, f"{path}.max_prompts", "expected an integer >= 2", self.max_prompts)
+        check(self.prompt_tokens >= 1, f"{path}.prompt_tokens", "expected an integer >= 1", self.prompt_tokens)
+        check(self.new_tokens >= 1, f"{path}.new_tokens", "expected an integer >= 1", self.new_tokens)
 
 
 @dataclass
@@ -252,10 +281,10 @@ class EvalConfig:
     progress: bool = False
 
     def validate(self, path: str) -> None:
-        _check(len(self.el_n) >= 1 and all(n >= 1 for n in self.el_n), f"{path}.el_n",
+        check(len(self.el_n) >= 1 and all(n >= 1 for n in self.el_n), f"{path}.el_n",
                "expected a list of integers >= 1", self.el_n)
-        _check(self.prefix_stride >= 1, f"{path}.prefix_stride", "expected an integer >= 1", self.prefix_stride)
-        _check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
+        check(self.prefix_stride >= 1, f"{path}.prefix_stride", "expected an integer >= 1", self.prefix_stride)
+        check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
 
 
 @dataclass
@@ -269,11 +298,11 @@ class ScalingConfig:
     fsdp_block_class: str | None = None  # FSDP2: class name of the block to shard; None: the model's _no_split_modules
 
     def validate(self, path: str) -> None:
-        _check(self.num_workers >= 1, f"{path}.num_workers", "expected an integer >= 1", self.num_workers)
-        _check(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "expected 0, 1, 2 or 3", self.zero_stage)
-        _check(self.strategy != "none" or self.num_workers == 1, f"{path}.strategy",
+        check(self.num_workers >= 1, f"{path}.num_workers", "expected an integer >= 1", self.num_workers)
+        check(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "expected 0, 1, 2 or 3", self.zero_stage)
+        check(self.strategy != "none" or self.num_workers == 1, f"{path}.strategy",
                "num_workers > 1 needs a strategy (ddp, fsdp or deepspeed)", self.strategy)
-        _check(self.fsdp_block_class is None or re.fullmatch(r"[A-Za-z_]\w*", self.fsdp_block_class) is not None,
+        check(self.fsdp_block_class is None or re.fullmatch(r"[A-Za-z_]\w*", self.fsdp_block_class) is not None,
                f"{path}.fsdp_block_class", "expected a class name (e.g. LlamaDecoderLayer)", self.fsdp_block_class)
 
 
@@ -287,9 +316,9 @@ class RunConfig:
     fail_at_step: int | None = None  # test hook: the last rank exits after step k (> checkpoint_every), first attempt only
 
     def validate(self, path: str) -> None:
-        _check(self.checkpoint_every is None or self.checkpoint_every >= 1, f"{path}.checkpoint_every",
+        check(self.checkpoint_every is None or self.checkpoint_every >= 1, f"{path}.checkpoint_every",
                "expected an integer >= 1", self.checkpoint_every)
-        _check(self.max_failures >= -1, f"{path}.max_failures", "expected an integer >= -1", self.max_failures)
+        check(self.max_failures >= -1, f"{path}.max_failures", "expected an integer >= -1", self.max_failures)
 
 
 @dataclass
@@ -305,34 +334,31 @@ class UnlearnConfig:
 
     def validate(self, path: str = "") -> None:
         if self.train.stop_when == "threshold":
-            _check(self.data.unseen is not None, "train.stop_when",
+            check(self.data.unseen is not None, "train.stop_when",
                    "'threshold' needs data.unseen (the thresholds come from it)", self.train.stop_when)
+        if self.method.name in ("graddiff", "rmu") and self.method.uses_retain():
+            check(self.data.retain is not None, "data.retain", f"method '{self.method.name}' trains on a retain set",
+                  self.data.retain)
+        if self.method.name == "rmu":
+            check(not self.lora.enabled, "lora.enabled",
+                  "rmu trains the MLP weights of method.rmu_update_layers (full fine-tuning): expected false",
+                  self.lora.enabled)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
     def uses_demo(self) -> bool:
-        return any(isinstance(v, str) and v.startswith(DEMO_PREFIX) for v in _leaves(self.to_dict()))
+        return any(isinstance(v, str) and v.startswith(DEMO_PREFIX) for v in leaves(self.to_dict()))
 
 
 # --------------------------------------------------------------------------------------------
 # Generic dict -> dataclass conversion with checked types.
 
 
-def _check(ok: bool, key: str, expectation: str, value: Any) -> None:
+def check(ok: bool, key: str, expectation: str, value: Any) -> None:
+    """The one validation idiom of configs and search spaces: `key: expectation, got value`."""
     if not ok:
         raise InputError(f"{key}: {expectation}, got {value!r}")
-
-
-def _leaves(tree: Any):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    elif isinstance(tree, (list, tuple)):
-        for v in tree:
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 def _type_name(tp: Any) -> str:
@@ -503,16 +529,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Unlearn
 
 def resolve_demo_paths(cfg_dict: dict[str, Any], demo_dir: Path) -> dict[str, Any]:
     """Replace every "demo:REL" string with the absolute path under the built demo."""
-    def walk(node):
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, str) and node.startswith(DEMO_PREFIX):
-            return str(demo_dir / node[len(DEMO_PREFIX):])
-        return node
+    def resolve(value):
+        if isinstance(value, str) and value.startswith(DEMO_PREFIX):
+            return str(demo_dir / value[len(DEMO_PREFIX):])
+        return value
 
-    return walk(cfg_dict)
+    return map_leaves(cfg_dict, resolve)
 
 
 def dump_yaml(cfg: UnlearnConfig | dict[str, Any]) -> str:

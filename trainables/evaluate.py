@@ -105,30 +105,23 @@ def _sequence_stats(model, tset, eval_cfg, idx: list[int], progress: bool) -> di
     from trainables import metrics
     from trainables.subsets import char_spans_to_token_mask
 
-    out: dict[str, list] = {"ma": [], "nll": [], "tokens": [], "mia_loss": [], "mia_min_k": []}
-    out.update({f"el{n}": [] for n in eval_cfg.el_n})
     has_spans = tset.spans is not None and tset.offsets is not None
-    if has_spans:
-        out["ma_private"] = []
+    names = ["ma", "nll", "tokens", "mia_loss", "mia_min_k"] + (["ma_private"] if has_spans else [])
+    out: dict[str, list] = {name: [] for name in names}
+    out.update({f"el{n}": [] for n in eval_cfg.el_n})
     if not idx:
         return out
     bs = eval_cfg.batch_size
     ids, mask = tset.input_ids[idx], tset.attention_mask[idx]
-    out["ma"] = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=bs).tolist()
-    if has_spans:
-        private = char_spans_to_token_mask(tset.offsets[idx], mask, [[s[:2] for s in tset.spans[i]] for i in idx])
-        out["ma_private"] = metrics.memorization_accuracy_per_sequence(
-            model, ids, mask, position_mask=private, batch_size=bs).tolist()
+    private = (char_spans_to_token_mask(tset.offsets[idx], mask, [[s[:2] for s in tset.spans[i]] for i in idx])
+               if has_spans else None)
+    scores = metrics.sequence_scores(model, ids, mask, position_mask=private, batch_size=bs)
+    out.update({name: scores[name].tolist() for name in names})
     el = metrics.extraction_likelihood_per_sequence(model, ids, list(eval_cfg.el_n), mask,
                                                     prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
                                                     progress=progress)
     for n, values in el.items():
         out[f"el{n}"] = [float(v) for v in values]
-    nll, tokens = metrics.sequence_nll(model, ids, mask, batch_size=bs)
-    out["nll"], out["tokens"] = nll.tolist(), tokens.tolist()
-    if eval_cfg.mia:
-        scores = metrics.mia_scores(model, ids, mask, batch_size=bs)
-        out["mia_loss"], out["mia_min_k"] = scores["loss"].tolist(), scores["min_k"].tolist()
     return out
 
 
@@ -251,4 +244,15 @@ def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, e
                                                          batch_size=bs) if idx else [])
         out[f"forget.el{el_n}"] = float(np.mean(shard.gather(idx, [float(v) for v in el])))
     model.train(was_training)
+    return out
+
+
+def watch_from_report(report: dict, el_n: int | None = None) -> dict:
+    """The watched figures of a model whose whole evaluation is at hand: the same numbers
+    `watch_metrics` computes (the same per-sequence functions over the same batches)."""
+    out = {"forget.ma": report["forget"]["ma"]}
+    if "retain" in report:
+        out["retain.ppl"] = report["retain"]["ppl"]
+    if el_n is not None:
+        out[f"forget.el{el_n}"] = report["forget"][f"el{el_n}"]
     return out

@@ -463,6 +463,52 @@ def sequence_nll(model, input_ids, attention_mask=None, batch_size: int = 32) ->
     return (-logp.double().sum(1)).numpy(), np.array([max(t - 1, 0) for t in lengths], dtype=np.int64)
 
 
+@torch.no_grad()
+def sequence_scores(model, input_ids, attention_mask=None, position_mask=None, batch_size: int = 32,
+                    k: float = 0.2) -> dict[str, np.ndarray]:
+    """One teacher-forced forward per batch, every per-sequence figure it gives: MA (and MA on
+    the positions of `position_mask`, NaN where a row selects none), summed NLL and predicted
+    token count (perplexity), and the loss / Min-K% membership scores (see mia_scores). The
+    same values as memorization_accuracy_per_sequence, sequence_nll and mia_scores, without
+    three passes over the data."""
+    ids, mask, lengths = _as_batch(input_ids, attention_mask)
+    short = [b for b, t in enumerate(lengths) if t < 2]
+    if short:
+        raise InputError(f"sequence scores need sequences of at least 2 tokens; sequence {short[0]} "
+                         f"has {lengths[short[0]]}")
+    sel = None if position_mask is None else torch.as_tensor(position_mask).bool()
+    device = _device(model)
+    n = ids.shape[0]
+    out = {name: np.zeros(n) for name in ("ma", "nll", "mia_loss", "mia_min_k")}
+    out["tokens"] = np.array([t - 1 for t in lengths], dtype=np.int64)
+    if sel is not None:
+        out["ma_private"] = np.zeros(n)
+    with _eval_mode(model):
+        for s in range(0, n, batch_size):
+            b_ids, b_mask = ids[s:s + batch_size], mask[s:s + batch_size]
+            width = max(int(b_mask.sum(1).max()), 1)  # trim padding columns common to the batch
+            logits = model(input_ids=b_ids[:, :width].to(device),
+                           attention_mask=b_mask[:, :width].to(device)).logits[:, :-1].float()
+            target = b_ids[:, 1:width].to(device)
+            pred = logits.argmax(-1).cpu()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1).cpu().double()
+            valid = b_mask[:, 1:width].bool()
+            hit = (pred == b_ids[:, 1:width]) & valid
+            for r in range(b_ids.shape[0]):
+                b, t = s + r, lengths[s + r]
+                lp = logp[r, :t - 1]
+                out["ma"][b] = float(hit[r].sum()) / float(valid[r].sum())
+                out["nll"][b] = -float(lp.sum())
+                out["mia_loss"][b] = float(lp.mean())
+                m = max(1, int(k * lp.numel()))
+                out["mia_min_k"][b] = float(torch.sort(lp).values[:m].mean())
+                if sel is not None:
+                    chosen = valid[r] & sel[b, 1:width]
+                    count = int(chosen.sum())
+                    out["ma_private"][b] = float((hit[r] & chosen).sum()) / count if count else float("nan")
+    return out
+
+
 def perplexity_from(nll: np.ndarray, tokens: np.ndarray) -> float:
     """exp(sum NLL / sum tokens), summed in sequence order."""
     n_tok = int(np.sum(tokens))

@@ -190,6 +190,13 @@ class FrozenCopyTeacher:
     def __call__(self, input_ids, attention_mask, example_index=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
+    @torch.no_grad()
+    def hidden_states(self, input_ids, attention_mask, index: int):
+        """hidden_states[index] of the frozen model (0: the embeddings, k: block k-1's output):
+        RMU's retain target."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[index]
+
 
 def teacher_cache_bytes(num_sequences: int, seq_len: int, vocab_size: int) -> int:
     return num_sequences * seq_len * vocab_size * 2  # float16

@@ -186,7 +186,7 @@ def _check_data_files(cfg, train: bool) -> None:
     from trainables.data import detect_format
 
     names = ["forget", "unseen", "heldout", "prompts"]
-    if train and cfg.method.retain_weight > 0:
+    if train and cfg.method.uses_retain():
         if cfg.data.retain is None:
             raise InputError("method.retain_weight: > 0 needs data.retain")
         names.append("retain")
@@ -383,7 +383,7 @@ def preflight(cfg, train: bool = True) -> None:
             if tset is not None:
                 _check_records_fit_el_n(cfg, tset)
         _load_local(cfg, tokenizer, "heldout", min_length=2, max_records=cfg.data.max_records)
-        if train and cfg.method.retain_weight > 0:
+        if train and cfg.method.uses_retain():
             _load_local(cfg, tokenizer, "retain", min_length=2)
         _check_prompts(cfg, tokenizer)
     if train and cfg.method.subset.policy == "spans":

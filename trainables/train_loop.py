@@ -30,8 +30,8 @@ from trainables.data import TokenizedSet, load_datasets
 from trainables.distributed import Strategy, WorkerContext
 from trainables.errors import InputError, TrainingDiverged
 from trainables.io import write_json
-from trainables.methods import build_method, token_nll_sum
-from trainables.evaluate import Shard, evaluate_model, load_result_model, watch_metrics
+from trainables.methods import build_method
+from trainables.evaluate import Shard, evaluate_model, load_result_model, watch_from_report, watch_metrics
 from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora,
                                configured_model, configured_tokenizer, count_parameters)
 from trainables.strategies import make_strategy
@@ -303,22 +303,26 @@ def _stack(tset: TokenizedSet, idx: list[int], device):
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
-def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, reporter: LocalReporter | None = None,
-                   log=print, job: Job | None = None) -> dict:
-    """Setup, (evaluate the original,) train, (evaluate the selected model,) save. Returns
-    {"history", "best_step", "steps", "stopped", "model_dir", "evaluation", "timings", ...}."""
-    log = log if ctx.is_main else (lambda *a, **k: None)
-    reporter = reporter or LocalReporter(ctx, log)
-    job = job or Job()
-    tc = cfg.train
-    seed_everything(tc.seed)
-    t_setup = time.perf_counter()
-    timings: dict[str, float] = {}
+@dataclass
+class Run:
+    """What setup builds for the loop: data, weights, batch plans, teacher, method, strategy."""
+    tokenizer: object
+    data: object
+    weights: torch.Tensor
+    steps: int
+    plan: BatchPlan
+    retain_plan: BatchPlan | None
+    method: object
+    teacher: object
+    strategy: Strategy
 
-    # ---- setup: tokenizer, data, model, subset weights, teacher, strategy
+
+def setup_run(cfg, ctx: WorkerContext, log=print) -> Run:
+    """Tokenizer, data, model, subset weights, teacher and strategy: each loaded once, here."""
+    tc = cfg.train
     tokenizer = configured_tokenizer(cfg.model)
     method = build_method(cfg.method)
-    data = load_datasets(cfg.data, tokenizer, need_retain=cfg.method.retain_weight > 0)
+    data = load_datasets(cfg.data, tokenizer, need_retain=cfg.method.uses_retain())
     if cfg.method.retain_weight > 0 and data.retain is None:
         raise InputError("method.retain_weight: > 0 needs data.retain")
     model = configured_model(cfg.model, ctx.device)
@@ -335,8 +339,9 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         # log-probabilities are computed once here instead of an adapters-off pass per step.
         teacher = CachedTeacher.compute(model, forget.input_ids, forget.attention_mask,
                                         cfg.method.teacher_cache_max_gb, log=log)
-    elif method.needs_teacher and not cfg.lora.enabled:
+    elif (method.needs_teacher or method.needs_frozen_model) and not cfg.lora.enabled:
         teacher = FrozenCopyTeacher.copy_of(model)
+    method.prepare(model, seed=tc.seed, log=log)  # RMU: freeze all but a few MLP weights
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     total, trainable = count_parameters(model)
@@ -356,6 +361,58 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         teacher = AdapterOffTeacher(strategy.inner, forward=strategy.module)
     if teacher is not None:
         log(f"teacher: {teacher.kind}")
+    return Run(tokenizer, data, weights, steps, plan, retain_plan, method, teacher, strategy)
+
+
+def train_step(run: Run, step: int, cfg, ctx: WorkerContext, log=print) -> tuple[float, float]:
+    """One optimiser step on global batch `step` (this rank's micro-batches, accumulated):
+    returns (loss of the whole global batch, gradient norm)."""
+    forget, data, strategy, teacher = run.data.forget, run.data, run.strategy, run.teacher
+    micro_batches = run.plan.micro_batches(step)
+    global_idx = run.plan.global_batch(step)
+    normalizer = float(run.method.batch_normalizer(forget.labels[global_idx], run.weights[global_idx]))
+    retain_plan = run.retain_plan
+    retain_micro = retain_plan.micro_batches(step) if retain_plan else None
+    retain_norm = (float(weight_sum(data.retain.labels[retain_plan.global_batch(step)], None))
+                   if retain_plan else None)
+    step_loss = torch.zeros((), device=ctx.device)
+    for i, idx in enumerate(micro_batches):
+        ids, mask, labels = _stack(forget, idx, ctx.device)
+        w = run.weights[idx].to(ctx.device)
+        with strategy.accumulation_context(is_last_micro=i == len(micro_batches) - 1):
+            teacher_logits = (teacher(ids, mask, torch.tensor(idx)) if run.method.needs_teacher else None)
+            outputs = strategy.module(input_ids=ids, attention_mask=mask, **run.method.forward_kwargs)
+            loss = run.method.forget_loss(outputs, teacher_logits, labels, w, normalizer=max(normalizer, 1e-12))
+            if retain_micro is not None:
+                r_ids, r_mask, r_labels = _stack(data.retain, retain_micro[i], ctx.device)
+                r_outputs = strategy.module(input_ids=r_ids, attention_mask=r_mask, **run.method.forward_kwargs)
+                loss = loss + run.method.retain_loss(r_outputs, teacher, r_ids, r_mask, r_labels, retain_norm)
+            # Data-parallel backends average gradients over workers; the loss is already a
+            # share of the global batch, so scale back up to a sum.
+            strategy.backward(loss * ctx.world_size)
+        step_loss += loss.detach()
+    step_loss = float(ctx.all_reduce_sum(step_loss))
+    if not math.isfinite(step_loss):
+        raise TrainingDiverged(f"loss became {step_loss} at step {step + 1}; lower train.lr "
+                               "or set train.max_grad_norm")
+    if normalizer == 0 and ctx.is_main:
+        log(f"warning: step {step + 1} had no participating token (subset selected none in this batch)")
+    return step_loss, strategy.step()
+
+
+def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, reporter: LocalReporter | None = None,
+                   log=print, job: Job | None = None) -> dict:
+    """Setup, (evaluate the original,) train, (evaluate the selected model,) save. Returns
+    {"history", "best_step", "steps", "stopped", "model_dir", "evaluation", "timings", ...}."""
+    log = log if ctx.is_main else (lambda *a, **k: None)
+    reporter = reporter or LocalReporter(ctx, log)
+    job = job or Job()
+    tc = cfg.train
+    seed_everything(tc.seed)
+    t_setup = time.perf_counter()
+    timings: dict[str, float] = {}
+    run = setup_run(cfg, ctx, log)
+    tokenizer, data, strategy, steps = run.tokenizer, run.data, run.strategy, run.steps
 
     # ---- resume, or the original model's figures
     state = TrainState()
@@ -381,7 +438,9 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         log(f"thresholds (unseen set): {thresholds}")
     el_watch = cfg.eval.el_n[0] if thresholds is not None else None
     if state.original is None:
-        state.original = watch_metrics(strategy.eval_model, data, cfg.eval, shard, el_watch)
+        # The original's whole evaluation (this run's or the sweep's) already holds these figures.
+        state.original = (watch_from_report(original, el_watch) if original is not None
+                          else watch_metrics(strategy.eval_model, data, cfg.eval, shard, el_watch))
         state.best_score = selection_score(state.original, state.original, tc)
         state.history.append({"step": 0, **state.original})
         log(f"step 0: {_fmt(state.original)}")
@@ -397,7 +456,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     strategy.module.train()
     t0 = time.perf_counter()
     timings["setup_s"] = t0 - t_setup - timings.get("original_eval_s", 0.0)
-    timings["watch_eval_s"] = 0.0
+    timings.update(watch_eval_s=0.0, steps_s=0.0, checkpoint_s=0.0)
     while state.step < steps and state.stopped is None:
         if fail_at is not None and state.step == fail_at:
             # Ray Train's controller collects a rank's report when its poll (every 2 s) takes it off
@@ -411,35 +470,9 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
                       file=sys.stderr, flush=True)
                 time.sleep(5)
                 os._exit(17)
-        micro_batches = plan.micro_batches(state.step)
-        global_idx = plan.global_batch(state.step)
-        normalizer = float(weight_sum(forget.labels[global_idx], weights[global_idx]))
-        retain_micro = retain_plan.micro_batches(state.step) if retain_plan else None
-        retain_norm = (float(weight_sum(data.retain.labels[retain_plan.global_batch(state.step)], None))
-                       if retain_plan else None)
-        step_loss = torch.zeros((), device=ctx.device)
-        for i, idx in enumerate(micro_batches):
-            ids, mask, labels = _stack(forget, idx, ctx.device)
-            w = weights[idx].to(ctx.device)
-            with strategy.accumulation_context(is_last_micro=i == len(micro_batches) - 1):
-                teacher_logits = (teacher(ids, mask, torch.tensor(idx)) if teacher is not None else None)
-                logits = strategy.module(input_ids=ids, attention_mask=mask).logits
-                loss = method.loss(logits, teacher_logits, labels, w, normalizer=max(normalizer, 1e-12))
-                if retain_micro is not None:
-                    r_ids, r_mask, r_labels = _stack(data.retain, retain_micro[i], ctx.device)
-                    r_logits = strategy.module(input_ids=r_ids, attention_mask=r_mask).logits
-                    loss = loss + cfg.method.retain_weight * token_nll_sum(r_logits, r_labels) / retain_norm
-                # Data-parallel backends average gradients over workers; the loss is already a
-                # share of the global batch, so scale back up to a sum.
-                strategy.backward(loss * ctx.world_size)
-            step_loss += loss.detach()
-        step_loss = float(ctx.all_reduce_sum(step_loss))
-        if not math.isfinite(step_loss):
-            raise TrainingDiverged(f"loss became {step_loss} at step {state.step + 1}; lower train.lr "
-                                   "or set train.max_grad_norm")
-        if normalizer == 0 and ctx.is_main:
-            log(f"warning: step {state.step + 1} had no participating token (subset selected none in this batch)")
-        grad_norm = strategy.step()
+        t_step = time.perf_counter()
+        step_loss, grad_norm = train_step(run, state.step, cfg, ctx, log)
+        timings["steps_s"] += time.perf_counter() - t_step
         state.step += 1
         lr = strategy.scheduler.get_last_lr()[0]
         metrics = {"step": state.step, "loss": step_loss, "grad_norm": grad_norm, "lr": lr,
@@ -464,9 +497,11 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
             log(f"step {state.step}: {_fmt(evaluation)}" + (f" -> stop: {state.stopped}" if state.stopped else ""))
         at_checkpoint = state.step % checkpoint_every == 0 or state.step == steps or state.stopped
         if at_checkpoint and reporter.keeps_checkpoints:
+            t_ckpt = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="undial-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), strategy, state, ctx)
                 reporter.report(metrics, tmp if ctx.is_main else None)
+            timings["checkpoint_s"] += time.perf_counter() - t_ckpt
         elif logged or evaluated:
             # Not every step: Ray Train's controller takes reports off a one-slot queue per worker
             # at each poll (every 2 s), so a report per fast step would throttle training to it.
@@ -492,7 +527,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     if output_dir is not None:
         model_dir = Path(output_dir)
         save_model(strategy, tokenizer, model_dir, ctx)
-    timings.update(steps_s=train_seconds - timings["watch_eval_s"], total_s=time.perf_counter() - t_setup)
+    timings.update(loop_s=train_seconds, total_s=time.perf_counter() - t_setup)
     return {"history": state.history, "best_step": state.best_step if tc.select == "best" else state.step,
             "steps": state.step, "stopped": state.stopped, "model_dir": str(model_dir) if model_dir else None,
             "curve": state.curve, "resumed_at": resumed_at, "evaluation": evaluation, "timings": timings,
