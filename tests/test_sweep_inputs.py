@@ -150,8 +150,8 @@ def test_a_failure_after_the_folder_exists_and_before_any_trial_removes_it(micro
 
     seen = {}
 
-    def refuse(space, demo_dir, path, log=print):
-        seen["files"] = sorted(p.name for p in path.parent.parent.iterdir())
+    def refuse(space, demo_dir, paths, log=print):
+        seen["files"] = sorted(p.name for p in paths.root.iterdir())
         raise InputError("data.forget: refused while evaluating the original")
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
