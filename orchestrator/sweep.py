@@ -290,10 +290,10 @@ def run_sweep(space: SearchSpace, output: str | Path, resume: bool = False, over
             state["demo_dir"] = demo_dir
             state.setdefault("started", t_start)
             write_json(paths.state, state)
-            ensure_ray(log)
-            original = evaluate_original(space, demo_dir, paths, log)
+            original = evaluate_original(space, demo_dir, paths, log)  # starts Ray (fit_distributed)
             tracker.log_metrics(state["parent_run_id"], {f"original.{k}": v for k, v in numeric(original).items()})
             tracker.log_artifact(state["parent_run_id"], paths.original, "original")
+            ensure_ray(log)
             ctx = SweepContext(space=space, sweep_dir=str(paths.root), tracking_uri=tracker.uri,
                                experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
                                demo_dir=demo_dir, original=original)
