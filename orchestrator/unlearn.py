@@ -20,24 +20,19 @@ from trainables.errors import InputError
 from trainables.io import write_json, write_text
 
 
-def _shipped(package: str, name: str, checkout_dir: str) -> Path:
-    """A file shipped as package data (pyproject.toml maps configs/ and search_spaces/ into the
-    undial_assets namespace); else the checkout's copy, which is what the mapping gives there."""
-    from importlib.resources import files
-
-    try:
-        path = Path(str(files(package) / name))
-    except (ModuleNotFoundError, NotADirectoryError):
-        # not installed (a bare source tree), or installed editable: setuptools' editable finder
-        # puts a non-folder placeholder in a namespace package's path, which files() refuses
-        path = None
-    if path is None or not path.is_file():
-        path = Path(__file__).resolve().parent.parent / checkout_dir / name
-    return path
+def _shipped(package_dir: str, name: str) -> Path:
+    """A file shipped beside this code: a wheel installs configs/ and search_spaces/ as
+    undial_assets/<dir>/ next to orchestrator/ (pyproject.toml's package-dir); a checkout (or an
+    editable install) has them at the top. Found by where this module lives, not through
+    importlib.resources: an editable install elsewhere on the machine adds a placeholder to the
+    undial_assets namespace that files() refuses, and would hand out the other copy's file."""
+    root = Path(__file__).resolve().parent.parent
+    installed = root / "undial_assets" / package_dir / name
+    return installed if installed.is_file() else root / package_dir / name
 
 
-DEMO_CONFIG = _shipped("undial_assets.configs", "demo.yaml", "configs")
-DEMO_SPACE = _shipped("undial_assets.search_spaces", "demo.yaml", "search_spaces")  # `undial sweep --demo`
+DEMO_CONFIG = _shipped("configs", "demo.yaml")
+DEMO_SPACE = _shipped("search_spaces", "demo.yaml")  # `undial sweep --demo`
 
 
 def resolve_config(config_path: str | None, overrides: list[str], demo: bool, log=print) -> UnlearnConfig:
