@@ -55,6 +55,9 @@ def build_trainer(cfg, model_dir: str | Path, storage_path: str | Path, name: st
 
     from trainables.train_loop import train_fn_per_worker
 
+    # Train workers keep the process's working directory (a job's --working-dir, shipped to every
+    # node) instead of moving into their run folder: a config's relative input paths resolve there.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     sc = cfg.scaling
     resources = dict(sc.resources_per_worker) or None
     scaling = ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources)
@@ -91,7 +94,10 @@ def fetch_result(checkpoint, model_dir: Path | None) -> dict:
 def fit_distributed(cfg, model_dir: str | Path | None, storage_default: str | Path, log=print,
                     job: dict | None = None, name: str | None = None) -> dict:
     """Run the job on Ray Train; the result lands in model_dir. Returns the train result."""
-    storage = cfg.run.storage_path or str(Path(storage_default).resolve())
+    from orchestrator.storage import is_remote
+
+    storage = cfg.run.storage_path or (str(storage_default) if is_remote(storage_default)
+                                       else str(Path(storage_default).resolve()))
     ensure_ray(log)
     log(f"Ray Train: {cfg.scaling.num_workers} workers, strategy {cfg.scaling.strategy}, storage {storage}")
     trainer = build_trainer(cfg, model_dir or "", storage, name=name, job=job)

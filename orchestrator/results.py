@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -186,11 +187,16 @@ def reconcile_runs(space: SearchSpace, paths: SweepPaths, tracker: Tracker, stat
         if row["status"] in ("ok", "infeasible"):
             on_front = row["trial_id"] in front_ids
             tracker.set_tags(run_id, {PARETO_TAG: str(on_front).lower(), "feasible": str(row["feasible"]).lower()})
-            model_dir = paths.trials / row["trial_id"] / "model"
-            if on_front and space.tracking.log_models == "pareto" and model_dir.is_dir() \
-                    and run.data.tags.get("model_logged") != "true":
-                tracker.log_artifacts(run_id, model_dir, "model")
-                tracker.set_tags(run_id, {"model_logged": "true"})
+            model_rel = f"trials/{row['trial_id']}/model"
+            model_dir = paths.root / model_rel
+            if on_front and space.tracking.log_models == "pareto" and run.data.tags.get("model_logged") != "true":
+                if paths.store is not None and paths.store.exists(model_rel):
+                    paths.store.pull(model_rel)  # written on another node; removed again below
+                if model_dir.is_dir():
+                    tracker.log_artifacts(run_id, model_dir, "model")
+                    tracker.set_tags(run_id, {"model_logged": "true"})
+                if paths.store is not None:
+                    shutil.rmtree(model_dir, ignore_errors=True)
             if run.info.status != "FINISHED":
                 tracker.finish(run_id)
     known = {r["trial_id"] for r in rows}
@@ -238,7 +244,7 @@ def summary_text(space: SearchSpace, paths: SweepPaths, state: dict, rows: list[
         lines.append("MLflow runs of the front (undial export RUN_ID --output FILE.yaml "
                      f"--tracking-uri {state['tracking_uri']}):")
         lines += [f"  {r['trial_id']}  {r['run_id']}" for r in front]
-    lines.append(f"artifacts: {paths.root}  (pareto/, trials/, trials.csv, summary.json)")
+    lines.append(f"artifacts: {paths.display}  (pareto/, trials/, trials.csv, summary.json)")
     lines.append(f"MLflow:    experiment '{state['experiment']}', parent run {state['parent_run_id']}")
     lines.append(f"           {ui_command(state['tracking_uri'])}   (children: tags.pareto = 'true')")
     lines.append(f"Optuna:    optuna-dashboard {state['optuna_storage']}")
@@ -271,7 +277,7 @@ def finalize(space: SearchSpace, paths: SweepPaths, tracker: Tracker, state: dic
     best = best_on_front(space, front)
     orig = {o.name: metric_value(o.metric, original, original) for o in space.objectives}
     log(summary_text(space, paths, state, rows, frows, front, reference, counts, orig, best))
-    return {"name": space.name, "sweep_dir": str(paths.root), "trials": len(rows), "counts": counts,
+    return {"name": space.name, "sweep_dir": paths.display, "trials": len(rows), "counts": counts,
             "objectives": [{"name": o.name, "mode": o.mode} for o in space.objectives],
             "reference": reference, "hypervolume": hv, "front": front, "original": orig, "best": best,
             "tracking_uri": state["tracking_uri"], "parent_run_id": state["parent_run_id"],

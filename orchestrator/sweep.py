@@ -18,6 +18,11 @@ Sweep folder layout (DIR):
     pareto/pareto_front.{csv,json,png,html}
     ray/tune/                       Tune's experiment (Tuner.restore on --resume)
     train/<trial id>/               Ray Train run storage (checkpoints; removed when done)
+
+DIR may be a storage URI (`s3://...`, `gs://...`; orchestrator.storage): the same layout lives
+there. The driver then works in a local folder it fills from the store on --resume and pushes to
+it as it goes; trials write their folders to the store, Ray Train and Tune keep their storage in
+it; the MLflow store must be a server every node reaches (MLFLOW_TRACKING_URI or tracking.uri).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ray import tune
 from orchestrator.results import finalize
 from orchestrator.search import build_searcher, optuna_storage_url
 from orchestrator.space import Budget, SearchSpace
+from orchestrator.storage import TRIAL_FILES, SweepStore
 from orchestrator.tracking import (KIND_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_state,
                                    project_version)
 from orchestrator.trial import SweepContext, run_trial, trial_config
@@ -53,6 +59,20 @@ FILE_SECTIONS = ("model", "data")
 @dataclass
 class SweepPaths:
     root: Path
+    store: SweepStore | None = None  # None: the sweep folder is root itself
+
+    @property
+    def display(self) -> str:
+        """Where the sweep lives, as the user named it (a folder or a storage URI)."""
+        return self.store.display if self.store is not None else str(self.root)
+
+    def where(self, rel: str) -> str:
+        """The storage path of rel: a URI on remote storage (what Ray Train / Tune get)."""
+        return self.store.where(rel) if self.store is not None else str(self.root / rel)
+
+    def push(self, *rels: str) -> None:
+        if self.store is not None:
+            self.store.push(*rels)
 
     @property
     def state(self) -> Path:
@@ -112,6 +132,24 @@ def check_inputs(space: SearchSpace, log=print) -> str | None:
     return demo_dir
 
 
+def check_remote_output(store: SweepStore, overwrite: bool, tracking_uri: str) -> None:
+    """A fresh sweep on a storage URI: reachable, empty unless --overwrite; and a tracking
+    store that every node reaches (a SQLite file on the driver's disk is not)."""
+    from orchestrator.tracking import is_local_uri
+
+    if is_local_uri(tracking_uri):
+        raise InputError(f"--output: a sweep on {store.uri} runs its trials on other nodes, which cannot write "
+                         f"to the MLflow store {tracking_uri}; set MLFLOW_TRACKING_URI (or tracking.uri) to a "
+                         "tracking server, e.g. http://127.0.0.1:5000 on the head")
+    try:
+        empty = store.is_empty()
+    except OSError as exc:
+        raise InputError(f"--output: cannot list {store.uri} ({str(exc).splitlines()[0]})") from None
+    if not empty and not overwrite:
+        raise InputError(f"--output: {store.uri} exists and is not empty (pass --resume to continue that "
+                         "sweep, or --overwrite to start again)")
+
+
 def check_output(root: Path, overwrite: bool) -> None:
     """A fresh sweep's folder: creatable here, empty unless --overwrite."""
     existing = root
@@ -131,7 +169,7 @@ def check_output(root: Path, overwrite: bool) -> None:
 def read_state(paths: SweepPaths, space: SearchSpace) -> dict:
     """sweep.json of the sweep to resume, after checking it is the same search space."""
     if not paths.state.is_file():
-        raise InputError(f"--resume: {paths.root} holds no sweep to resume (no sweep.json)")
+        raise InputError(f"--resume: {paths.display} holds no sweep to resume (no sweep.json)")
     try:
         state = json.loads(paths.state.read_text())
     except (OSError, ValueError) as exc:
@@ -139,8 +177,8 @@ def read_state(paths: SweepPaths, space: SearchSpace) -> dict:
     if not isinstance(state, dict):
         raise InputError(f"{paths.state}: expected a JSON object, got {type(state).__name__}")
     if read_yaml(paths.space) != yaml.safe_load(space.dump()):  # one line if space.yaml is corrupt
-        raise InputError(f"--resume: the search space differs from the one {paths.root} started with "
-                         f"({paths.space}); resume with the same file and overrides (or without SPACE)")
+        raise InputError(f"--resume: the search space differs from the one {paths.display} started with "
+                         f"({paths.where('space.yaml')}); resume with the same file and overrides (or without SPACE)")
     return state
 
 
@@ -158,13 +196,17 @@ def evaluate_original(space: SearchSpace, demo_dir: str | None, paths: SweepPath
     portable, cfg = trial_config(space, {}, demo_dir)
     log(f"evaluating the original model ({cfg.model.name_or_path}) ...")
     t0 = time.perf_counter()
-    result = fit_distributed(cfg, None, storage_default=paths.root / "train", log=log, job={"train": False},
+    result = fit_distributed(cfg, None, storage_default=paths.where("train"), log=log, job={"train": False},
                              name="original")
     metrics = result["evaluation"]["original"]
     paths.original.parent.mkdir(parents=True, exist_ok=True)
     write_json(paths.original, {"model": portable.model.name_or_path, "metrics": metrics,
                                 "seconds": time.perf_counter() - t0, "timings": result.get("timings", {})})
-    shutil.rmtree(paths.root / "train" / "original", ignore_errors=True)
+    paths.push("original")
+    if paths.store is not None:
+        paths.store.remove("train/original")
+    else:
+        shutil.rmtree(paths.root / "train" / "original", ignore_errors=True)
     return metrics
 
 
@@ -181,7 +223,7 @@ def start_tracking(space: SearchSpace, paths: SweepPaths, state: dict, tracker: 
         log(f"resuming sweep {space.name}: MLflow parent run {parent_id}")
     else:
         parent_id = tracker.create_run(experiment_id, space.name, {
-            KIND_TAG: "sweep", SWEEP_TAG: str(paths.root), "undial.version": project_version(),
+            KIND_TAG: "sweep", SWEEP_TAG: paths.display, "undial.version": project_version(),
             **git_state(), "sampler": space.budget.sampler})
         state["parent_run_id"] = parent_id  # from here on a failed start has a run to undo
         tracker.log_params(parent_id, {
@@ -202,6 +244,11 @@ def undo_start(paths: SweepPaths, tracker: Tracker | None, state: dict, log=prin
     the MLflow store in it) goes; a parent run on a store elsewhere is deleted."""
     parent_id = state.get("parent_run_id")
     store_inside = tracker is None or tracker.uri == default_tracking_uri(paths.root)
+    if paths.store is not None:
+        try:
+            paths.store.remove()  # what reached the storage URI
+        except OSError as exc:
+            log(f"warning: could not remove {paths.display}: {str(exc).splitlines()[0]}")
     if parent_id and not store_inside:
         try:
             tracker.client.delete_run(parent_id)
@@ -241,11 +288,28 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
+class PushState(tune.Callback):
+    """Remote storage: the driver's own files (Optuna's study, sweep.json) reach the store after
+    each trial, so a driver stopped outright (`ray job stop`) leaves a resumable sweep."""
+
+    def __init__(self, paths: SweepPaths):
+        self.paths = paths
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        try:
+            self.paths.push("optuna.db", "sweep.json")
+        except OSError as exc:  # the next trial's push retries; the end of the sweep pushes all
+            print(f"warning: sweep state not saved to {self.paths.display}: {str(exc).splitlines()[0]}")
+
+    on_trial_error = on_trial_complete
+
+
 def build_tuner(space: SearchSpace, paths: SweepPaths, ctx: SweepContext, resume: bool, log=print) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=ctx), _trial_resources(space.budget))
-    if resume and tune.Tuner.can_restore(str(paths.tune)):
-        log(f"resuming the Tune experiment at {paths.tune}")
-        return tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_unfinished=True,
+    tune_path = paths.where("ray/tune")
+    if resume and tune.Tuner.can_restore(tune_path):
+        log(f"resuming the Tune experiment at {tune_path}")
+        return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     return tune.Tuner(
         trainable,
@@ -253,8 +317,9 @@ def build_tuner(space: SearchSpace, paths: SweepPaths, ctx: SweepContext, resume
                                     num_samples=space.budget.num_samples,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
                                     time_budget_s=space.budget.time_budget_s, reuse_actors=True),
-        run_config=tune.RunConfig(name=paths.tune.name, storage_path=str(paths.tune.parent),
+        run_config=tune.RunConfig(name=paths.tune.name, storage_path=paths.where("ray"),
                                   failure_config=tune.FailureConfig(max_failures=space.budget.max_failures),
+                                  callbacks=[PushState(paths)] if paths.store is not None else None,
                                   progress_reporter=_reporter(space), verbose=1))
 
 
@@ -264,23 +329,59 @@ def build_tuner(space: SearchSpace, paths: SweepPaths, ctx: SweepContext, resume
 
 def run_sweep(space: SearchSpace, output: str | Path, resume: bool = False, overwrite: bool = False,
               log=print) -> dict:
-    """Run (or resume) a sweep; returns the summary that summary.json holds."""
+    """Run (or resume) a sweep in the folder or storage URI `output`; returns the summary that
+    summary.json holds."""
+    t_start = time.time()
+    store = SweepStore(output)
+    paths = SweepPaths(store.local, store if store.remote else None)
+    try:
+        return _run_sweep(space, paths, resume, overwrite, t_start, log)
+    finally:
+        store.cleanup()  # a remote sweep's local folder: everything is in the store
+
+
+def pull_driver_state(paths: SweepPaths) -> None:
+    """--resume on remote storage: the driver's files, from the store into a clean local folder."""
+    shutil.rmtree(paths.root, ignore_errors=True)
+    paths.root.mkdir(parents=True)
+    try:
+        paths.store.pull("sweep.json", "space.yaml", "base_config.yaml", "original", "optuna.db")
+    except OSError as exc:
+        raise InputError(f"--resume: cannot read {paths.display} ({str(exc).splitlines()[0]})") from None
+
+
+def pull_trials(paths: SweepPaths) -> None:
+    """The trials' small files (not their models), which trials on other nodes wrote to the store."""
+    for trial_id in paths.store.listdir("trials"):
+        paths.store.pull(*(f"trials/{trial_id}/{name}" for name in TRIAL_FILES))
+
+
+
+def _run_sweep(space: SearchSpace, paths: SweepPaths, resume: bool, overwrite: bool, t_start: float,
+               log=print) -> dict:
     from orchestrator.launcher import ensure_ray
 
-    t_start = time.time()
-    paths = SweepPaths(Path(output).resolve())
+    remote = paths.store is not None
+    tracking_uri = default_tracking_uri(paths.root, space.tracking.uri)
     # ---- every refusal before anything is written
+    if remote:
+        if resume:
+            pull_driver_state(paths)
+        else:
+            check_remote_output(paths.store, overwrite, tracking_uri)
     state = read_state(paths, space) if resume else {}
-    if not resume:
+    if not resume and not remote:
         check_output(paths.root, overwrite)
     demo_dir = check_inputs(space, log)
 
     if not resume:
-        if paths.root.exists():
+        if remote:
+            paths.store.remove()  # --overwrite (check_remote_output refused otherwise); a stale local folder
+        elif paths.root.exists():
             shutil.rmtree(paths.root)  # --overwrite (check_output refused otherwise)
         paths.root.mkdir(parents=True)
         write_text(paths.space, space.dump())
-    tracker = Tracker(default_tracking_uri(paths.root, space.tracking.uri))
+    tracker = Tracker(tracking_uri)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")        # Tune's CLIReporter table, with our columns
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # step reports carry no objectives
     started_ray = not ray.is_initialized()
@@ -290,11 +391,12 @@ def run_sweep(space: SearchSpace, output: str | Path, resume: bool = False, over
             state["demo_dir"] = demo_dir
             state.setdefault("started", t_start)
             write_json(paths.state, state)
+            paths.push("space.yaml", "base_config.yaml", "sweep.json")
             original = evaluate_original(space, demo_dir, paths, log)  # starts Ray (fit_distributed)
             tracker.log_metrics(state["parent_run_id"], {f"original.{k}": v for k, v in numeric(original).items()})
             tracker.log_artifact(state["parent_run_id"], paths.original, "original")
             ensure_ray(log)
-            ctx = SweepContext(space=space, sweep_dir=str(paths.root), tracking_uri=tracker.uri,
+            ctx = SweepContext(space=space, sweep_dir=paths.where(""), tracking_uri=tracker.uri,
                                experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
                                demo_dir=demo_dir, original=original)
             tuner = build_tuner(space, paths, ctx, resume, log)
@@ -305,10 +407,13 @@ def run_sweep(space: SearchSpace, output: str | Path, resume: bool = False, over
         log(f"sweep {space.name}: {space.budget.num_samples} trials, at most {space.budget.max_concurrent_trials} "
             f"at a time, sampler {space.budget.sampler} (seed {space.budget.seed}); MLflow {tracker.uri}")
         grid = tuner.fit()
+        if remote:
+            pull_trials(paths)
         summary = finalize(space, paths, tracker, state, grid, original, log=log)
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     summary["wall_seconds"] = time.time() - t_start
     write_json(paths.root / "summary.json", summary)
+    paths.push("summary.json", "trials.csv", "pareto", "sweep.json", "optuna.db")
     return summary

@@ -2,7 +2,9 @@
 
     undial sweep SPACE.yaml | --demo [key=value ...] [--output DIR] [--resume] [--overwrite]
     undial pareto SWEEP_DIR [--json]
-    undial export RUN_ID --output FILE.yaml [--tracking-uri URI | --sweep DIR]
+    undial export RUN_ID --output FILE.yaml [--tracking-uri URI | --sweep DIR] [--model DIR]
+
+--output (sweep) and SWEEP_DIR may be storage URIs (s3://..., gs://...; orchestrator.storage).
 
 Overrides address the search space (`budget.num_samples=4`, `parameters.train.lr.high=3e-4`)
 or, when the key starts with a config section (`train.max_steps=40`), the base run config.
@@ -16,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from orchestrator.storage import is_remote
 from trainables.errors import InputError
 
 
@@ -34,26 +37,57 @@ def _space_and_overrides(args) -> tuple[str | None, list[str]]:
     return space, overrides
 
 
+def _saved_space(output: str):
+    """The search space a sweep in `output` (a folder or a storage URI) started with."""
+    import tempfile
+
+    from orchestrator.space import read_saved_space
+    from orchestrator.storage import SweepStore
+
+    with tempfile.TemporaryDirectory(prefix="undial-space-") as tmp:
+        store = SweepStore(output, local=tmp if is_remote(output) else None)
+        try:
+            store.pull("space.yaml")
+        except OSError as exc:
+            raise InputError(f"--resume: cannot read {output} ({str(exc).splitlines()[0]})") from None
+        saved = store.local / "space.yaml"
+        if not saved.is_file():
+            raise InputError(f"--resume: {output} holds no sweep to resume (no space.yaml)")
+        return read_saved_space(saved)
+
+
+def _pulled_sweep(sweep_dir: str, tmp: str) -> str:
+    """A local copy of a remote sweep's space and trial files (not the models), for `pareto`."""
+    from orchestrator.storage import TRIAL_FILES, SweepStore
+
+    store = SweepStore(sweep_dir, local=tmp)
+    try:
+        store.pull("space.yaml")
+        for trial_id in store.listdir("trials"):
+            store.pull(*(f"trials/{trial_id}/{name}" for name in TRIAL_FILES))
+    except OSError as exc:
+        raise InputError(f"SWEEP: cannot read {sweep_dir} ({str(exc).splitlines()[0]})") from None
+    return tmp
+
+
 def cmd_sweep(args) -> int:
-    from orchestrator.space import load_space, read_saved_space
+    from orchestrator.space import load_space
 
     space_path, overrides = _space_and_overrides(args)
     if space_path is None:
         if not (args.resume and args.output):
             raise InputError("SPACE.yaml: a search space file is needed (or --resume --output DIR)")
-        saved = Path(args.output) / "space.yaml"
-        if not saved.is_file():
-            raise InputError(f"--resume: {args.output} holds no sweep to resume (no space.yaml)")
         if overrides:
             raise InputError("overrides: give the space file too when overriding on --resume")
-        space = read_saved_space(saved)
+        space = _saved_space(args.output)
     else:
         space = load_space(space_path, overrides)
     output = args.output or str(Path("runs") / space.name)
     from orchestrator.sweep import run_sweep  # Ray: only once the space is known to be valid
 
     summary = run_sweep(space, output, resume=args.resume, overwrite=args.overwrite)
-    print(f"wall time {summary['wall_seconds'] / 60:.1f} min; summary in {Path(output) / 'summary.json'}")
+    where = f"{output.rstrip('/')}/summary.json" if is_remote(output) else Path(output) / "summary.json"
+    print(f"wall time {summary['wall_seconds'] / 60:.1f} min; summary in {where}")
     return 0 if summary["counts"]["ok"] + summary["counts"]["infeasible"] > 0 else 1
 
 
@@ -61,7 +95,13 @@ def cmd_pareto(args) -> int:
     from orchestrator.pareto import format_front, front_table
     from orchestrator.results import count_statuses, space_reference, sweep_front
 
-    space, rows, frows = sweep_front(args.sweep_dir)
+    if is_remote(args.sweep_dir):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="undial-pareto-") as tmp:
+            space, rows, frows = sweep_front(_pulled_sweep(args.sweep_dir, tmp))
+    else:
+        space, rows, frows = sweep_front(args.sweep_dir)
     objs = space.objective_list
     reference = space_reference(space, frows)
     if args.json:
@@ -96,6 +136,11 @@ def cmd_export(args) -> int:
     path = export_config(args.run_id, args.output, uri or os.environ.get("MLFLOW_TRACKING_URI"),
                          overwrite=args.overwrite)
     print(f"wrote {path}; run it with: undial unlearn {path} --output DIR")
+    if args.model:
+        from orchestrator.tracking import fetch_model
+
+        where = fetch_model(args.run_id, args.model, uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        print(f"copied the trial's selected model from {where} to {args.model}")
     return 0
 
 
@@ -124,4 +169,6 @@ def add_sweep_commands(sub) -> None:
     export.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
     export.add_argument("--sweep", metavar="DIR", help="the sweep folder: its MLflow store")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    export.add_argument("--model", metavar="DIR",
+                        help="also copy the trial's selected model (from the sweep's folder or storage URI) to DIR")
     export.set_defaults(func=cmd_export, light=True)

@@ -30,6 +30,7 @@ TRIAL_TAG = "tune_trial_id"
 SWEEP_TAG = "undial.sweep_dir"
 KIND_TAG = "undial.kind"
 PARETO_TAG = "pareto"
+MODEL_TAG = "undial.model"  # where the trial's selected model is: a folder or a storage URI
 MAX_PARAM_LENGTH = 6000
 
 
@@ -311,3 +312,21 @@ def export_config(run_id: str, output: str | Path, tracking_uri: str | None = No
     except OSError as exc:
         raise InputError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     return output
+
+
+def fetch_model(run_id: str, dst: str | Path, tracking_uri: str | None) -> str:
+    """Copy trial run `run_id`'s selected model (its MODEL_TAG: a folder, or a storage URI when
+    the sweep ran on one) to the local folder `dst`, which must not exist or be empty. Returns
+    where it came from."""
+    from orchestrator.storage import fetch_folder
+
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise InputError(f"--model: {dst} exists and is not empty")
+    run = retry(Tracker(tracking_uri).client.get_run, run_id)
+    where = run.data.tags.get(MODEL_TAG)
+    if not where:
+        raise InputError(f"--model: run '{run_id}' records no selected model (tag {MODEL_TAG}); it is not a "
+                         "finished trial of this version's sweeps")
+    fetch_folder(where, dst)
+    return where

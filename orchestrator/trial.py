@@ -7,6 +7,10 @@ Trial folder (DIR/trials/<trial id>/): config.yaml, model/, train_result.json, m
 result.json (objectives), status.json, attempts.log, error.txt. Ray Train's run storage is
 DIR/train/<trial id>/ (checkpoints; removed when the trial is done).
 
+On remote storage (DIR a storage URI, orchestrator.storage) the trial, which may run on any node,
+works in a private local folder and pushes every file it writes to DIR/trials/<trial id>/;
+what an earlier attempt left there is pulled first. Ray Train's run storage is then DIR/train.
+
 Imported only where Ray runs (the sweep driver, Tune's trial actors, Train's controller).
 """
 
@@ -16,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from orchestrator.objectives import final_metrics
 from orchestrator.results import root_error
 from orchestrator.space import SearchSpace, apply_params
+from orchestrator.storage import SweepStore, is_remote
 from trainables.config import UnlearnConfig, dump_yaml, from_dict, resolve_demo_paths
 from trainables.io import write_json, write_text
 from trainables.models import NO_MODEL_LOADS
@@ -117,20 +123,33 @@ def _final_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def _final_checkpoint_in(store: SweepStore, trial_id: str):
+    """The finished Train run's last checkpoint in the sweep's storage, as a ray.train.Checkpoint."""
+    if not store.remote:
+        final = _final_checkpoint(store.local / "train" / trial_id)
+        return ray.train.Checkpoint.from_directory(str(final)) if final is not None else None
+    rel = f"train/{trial_id}"
+    found = [name for name in store.listdir(rel) if name.startswith("checkpoint_")
+             and store.exists(f"{rel}/{name}/train_result.json") and store.exists(f"{rel}/{name}/model")]
+    return ray.train.Checkpoint(path=store.where(f"{rel}/{max(found)}")) if found else None  # checkpoint_00000N
+
+
 def train_trial(cfg: UnlearnConfig, trial_dir: Path, sweep: SweepContext, trial_id: str, run_id: str,
-                log=print) -> dict:
+                log=print, store: SweepStore | None = None) -> dict:
     """Fit the trial's TorchTrainer, whose workers train, evaluate the selected model and save it
     (or pick up what an interrupted attempt finished). This process loads no model."""
     from orchestrator.launcher import build_trainer, fetch_result
 
+    store = store or SweepStore(sweep.sweep_dir)
+    rel = f"trials/{trial_id}"
     done = trial_dir / "train_result.json"
     model_dir = trial_dir / "model"
-    if done.is_file() and model_dir.is_dir():
+    has_model = store.exists(f"{rel}/model") if store.remote else model_dir.is_dir()
+    if done.is_file() and has_model:
         log(f"trial {trial_id}: training finished in an earlier attempt")
         return json.loads(done.read_text())
-    storage = Path(sweep.sweep_dir) / "train"
-    run_dir = storage / trial_id
-    final = _final_checkpoint(run_dir)
+    storage = store.where("train")
+    final = _final_checkpoint_in(store, trial_id)
     if final is None:
         callbacks = [TuneReportCallback(), StepLogger(sweep.tracking_uri, run_id)]
         # The workers evaluate the selected model where it is; the original's figures (thresholds,
@@ -141,10 +160,11 @@ def train_trial(cfg: UnlearnConfig, trial_dir: Path, sweep: SweepContext, trial_
         checkpoint = result.checkpoint
     else:
         log(f"trial {trial_id}: using the final checkpoint of an earlier attempt")
-        checkpoint = ray.train.Checkpoint.from_directory(str(final))
+        checkpoint = final
     train_result = fetch_result(checkpoint, model_dir)
     write_json(done, train_result)
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints hold optimizer state: disk
+    store.push(f"{rel}/model", f"{rel}/train_result.json")  # the model first: `done` means both are there
+    store.remove(f"train/{trial_id}")  # checkpoints hold optimizer state: disk
     return train_result
 
 
@@ -196,8 +216,6 @@ def _tune_report(final: Mapping, run_id: str, steps: int | None) -> dict:
 def run_trial(config: dict, sweep: SweepContext) -> None:
     """One trial: config -> TorchTrainer fit (training and evaluation in the workers) ->
     objectives to Tune and MLflow."""
-    from orchestrator.tracking import Tracker
-
     t_trial = time.perf_counter()
     os.environ[NO_MODEL_LOADS] = "1"  # this process only coordinates: a model load here is a bug
 
@@ -205,12 +223,29 @@ def run_trial(config: dict, sweep: SweepContext) -> None:
     trial_id, trial_name = tctx.get_trial_id(), tctx.get_trial_name()
     params = {k: v for k, v in config.items()}
     space = sweep.space
-    trial_dir = Path(sweep.sweep_dir) / "trials" / trial_id
+    # On remote storage: this process's own folder (any node); the trial's files live in the store.
+    local = tempfile.mkdtemp(prefix="undial-trial-") if is_remote(sweep.sweep_dir) else None
+    store = SweepStore(sweep.sweep_dir, local=local)
+    try:
+        _run_trial(config, sweep, store, trial_id, trial_name, params, space, t_trial)
+    finally:
+        store.cleanup()
+
+
+def _run_trial(config: dict, sweep: SweepContext, store: SweepStore, trial_id: str, trial_name: str,
+               params: dict, space: SearchSpace, t_trial: float) -> None:
+    from orchestrator.tracking import MODEL_TAG, Tracker
+
+    rel = f"trials/{trial_id}"
+    store.pull(f"{rel}/result.json", f"{rel}/attempts.log", f"{rel}/train_result.json")
+    trial_dir = store.local / rel
     trial_dir.mkdir(parents=True, exist_ok=True)
     result_file = trial_dir / "result.json"
     with open(trial_dir / "attempts.log", "a") as fh:  # one line per start of this trial
         fh.write(json.dumps({"time": time.time(), "pid": os.getpid(),
                              "kind": "report-saved" if result_file.is_file() else "run"}) + "\n")
+    push = lambda *names: store.push(*(f"{rel}/{n}" for n in names))  # noqa: E731
+    push("attempts.log")
     log = lambda msg: print(f"[{trial_name}] {msg}", flush=True)  # noqa: E731
 
     tracker = Tracker(sweep.tracking_uri)
@@ -219,23 +254,27 @@ def run_trial(config: dict, sweep: SweepContext) -> None:
     status = {"trial_id": trial_id, "trial_name": trial_name, "run_id": run_id, "params": params,
               "status": "running"}
     write_json(trial_dir / "status.json", status)
+    push("status.json")
     try:
         if result_file.is_file():  # finished before the driver could record it (a resumed sweep)
             saved = json.loads(result_file.read_text())
             log("finished in an earlier attempt; reporting its result")
             status["status"] = "finished"
             write_json(trial_dir / "status.json", status)
+            push("status.json")
             tracker.finish(run_id)
             ray.tune.report(_tune_report(saved["objectives"], run_id, saved.get("steps")))
             return
         portable, cfg = trial_config(space, params, sweep.demo_dir)
         write_text(trial_dir / "config.yaml", dump_yaml(portable))
+        push("config.yaml")
         derived = {"lora.enabled": cfg.lora.enabled, "finetuning": f"lora r={cfg.lora.rank}" if cfg.lora.enabled
                    else "full"}
         tracker.log_params(run_id, {**params, **derived})
         tracker.log_artifact(run_id, trial_dir / "config.yaml")
         log(f"training: {', '.join(f'{k}={v}' for k, v in params.items())}")
-        train_result = train_trial(cfg, trial_dir, sweep, trial_id, run_id, log)
+        train_result = train_trial(cfg, trial_dir, sweep, trial_id, run_id, log, store)
+        tracker.set_tags(run_id, {MODEL_TAG: store.where(f"{rel}/model")})  # `undial export --model DIR`
         try:
             backfill_curve(tracker, run_id, train_result)
         except Exception as exc:  # tracking must not fail the trial
@@ -246,6 +285,7 @@ def run_trial(config: dict, sweep: SweepContext) -> None:
         timings = {**train_result.get("timings", {}), "trial_s": time.perf_counter() - t_trial}
         training["timings"] = timings
         write_json(trial_dir / "metrics.json", {"before": sweep.original, "after": after, "training": training})
+        push("metrics.json")
         tracker.log_artifact(run_id, trial_dir / "metrics.json")
         logged = {k: v for k, v in final.items() if k not in ("constraint_violations", "feasible")}
         logged.update({f"after.{k}": v for k, v in numeric(after).items()})
@@ -255,12 +295,15 @@ def run_trial(config: dict, sweep: SweepContext) -> None:
             logged[f"constraint_violation.{i}"] = v if math.isfinite(v) else 1e30
         tracker.log_metrics(run_id, logged, step=int(train_result.get("steps") or 0))
         if space.tracking.log_models == "all":
+            if not (trial_dir / "model").is_dir():
+                store.pull(f"{rel}/model")  # trained by an earlier attempt, on another node
             tracker.log_artifacts(run_id, trial_dir / "model", "model")
             tracker.set_tags(run_id, {"model_logged": "true"})
         write_json(result_file, {"trial_id": trial_id, "run_id": run_id, "params": params, "objectives": final,
                                   "steps": train_result.get("steps"), "training": training})
         status["status"] = "finished"
         write_json(trial_dir / "status.json", status)
+        push("result.json", "status.json")
         tracker.finish(run_id)
         shown = ", ".join(f"{o.name} {final[o.name]:.4f}" for o in space.objectives)
         log(f"done: {shown}" + ("" if final["feasible"] else " (violates a constraint)"))
@@ -272,6 +315,7 @@ def run_trial(config: dict, sweep: SweepContext) -> None:
         try:
             write_json(trial_dir / "status.json", status)
             write_text(trial_dir / "error.txt", details)
+            push("status.json", "error.txt")
             tracker.fail(run_id, message, details)
         except Exception:
             pass
