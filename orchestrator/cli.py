@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_sweep_commands(sub)
+    from orchestrator.study_cli import add_study_command
+
+    add_study_command(sub)
     return parser
 
 

@@ -12,13 +12,14 @@ import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from trainables.errors import InputError
-from trainables.metric_names import Metric, known_names, resolve
+from trainables.metric_names import MIA_ATTACKS, Metric, known_names, mia_attacks, resolve
 from trainables.tree import get_path
 
 if TYPE_CHECKING:
     from orchestrator.space import SearchSpace
 
 _EL_N = re.compile(r"\.el(\d+)$")
+_ATTACK = re.compile(r"^(?:mia|privleak|privleak_abs)\.(\w+)$")
 
 
 def lookup_metric(name: str, key: str) -> tuple[Metric, bool]:
@@ -36,6 +37,12 @@ def check_measurable(metric: Metric, key: str, base: Mapping, sampled: set[str])
     if m and "eval.el_n" not in sampled and int(m.group(1)) not in (get_path(base, "eval.el_n") or []):
         raise InputError(f"{key}: el{m.group(1)} needs {m.group(1)} in the base config's eval.el_n "
                          f"(now {get_path(base, 'eval.el_n')})")
+    attack = _ATTACK.match(metric.name)
+    if attack and attack.group(1) in MIA_ATTACKS and not {"eval.mia_attacks", "eval.retain_model"} & sampled:
+        measured = mia_attacks(get_path(base, "eval.retain_model"), get_path(base, "eval.mia_attacks"))
+        if attack.group(1) not in measured:
+            raise InputError(f"{key}: '{metric.name}' needs {attack.group(1)} in the base config's "
+                             f"eval.mia_attacks (now measured: {', '.join(measured)})")
     missing = [k for k in metric.needs if not get_path(base, k)]
     if missing:
         raise InputError(f"{key}: '{metric.name}' needs {' and '.join(missing)} set in the base config")

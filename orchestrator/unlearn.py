@@ -161,16 +161,25 @@ def _flat(report: dict, prefix: str = "") -> dict[str, float]:
 
 
 def format_report(report: dict) -> str:
-    """Before/after/change table of every metric both sides have."""
+    """Before/after/change table of every metric both sides have; with eval.retain_model, the
+    retain model's own figures (measured once, beside the original's) as a last column."""
     before, after = _flat(report["before"]), _flat(report["after"])
+    retain = _flat(report["before"].get("retain_model") or {})
     keys = [k for k in before if k in after]
     width = max(len(k) for k in keys) if keys else 10
-    lines = [f"{'metric':<{width}}  {'before':>10}  {'after':>10}  {'change':>9}"]
+    extra = f"  {'retain':>10}" if retain else ""
+    lines = [f"{'metric':<{width}}  {'before':>10}  {'after':>10}  {'change':>9}{extra}"]
     for key in keys:
         b, a = before[key], after[key]
         change = f"{(a - b) / abs(b):+.1%}" if b else ""
-        lines.append(f"{key:<{width}}  {b:>10.4f}  {a:>10.4f}  {change:>9}")
+        r = (f"  {_num(retain[key]):>10}" if key in retain else f"  {'':>10}") if retain else ""
+        lines.append(f"{key:<{width}}  {_num(b):>10}  {_num(a):>10}  {change:>9}{r}")
     return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    """4 decimals; a small p-value (forget_quality) in exponent form rather than 0.0000."""
+    return f"{value:.2e}" if value and abs(value) < 1e-3 else f"{value:.4f}"
 
 
 def format_metrics(metrics: dict) -> str:

@@ -74,7 +74,7 @@ def tiny_demo_build(tmp_path_factory):
     from trainables import demo
 
     lines: list[str] = []
-    out = tmp_path_factory.mktemp("cache") / "demo-v1-tiny-seed0"
+    out = tmp_path_factory.mktemp("cache") / "demo-v2-tiny-seed0"
     return demo.build_demo(out, seed=0, size="tiny", log=lines.append), lines
 
 

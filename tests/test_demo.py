@@ -201,9 +201,9 @@ def test_bad_size_and_default_dir(monkeypatch, tmp_path):
         demo.default_demo_dir(size="huge")
     monkeypatch.delenv("UNDIAL_CACHE", raising=False)
     assert demo.default_demo_dir(3, "full") == (
-        demo.Path(os.path.expanduser("~")) / ".cache" / "undial" / "demo-v1-full-seed3")
+        demo.Path(os.path.expanduser("~")) / ".cache" / "undial" / "demo-v2-full-seed3")
     monkeypatch.setenv("UNDIAL_CACHE", str(tmp_path))
-    assert demo.default_demo_dir() == tmp_path / "demo-v1-full-seed0"
+    assert demo.default_demo_dir() == tmp_path / "demo-v2-full-seed0"
 
 
 def _naive_el(model, ids, n, stride):

@@ -200,6 +200,9 @@ class DataConfig:
     format: Literal["auto", "jsonl", "text", "parquet", "csv", "npy", "hub"] = "auto"
     text_field: str = "text"
     spans_field: str = "spans"
+    question_field: str = "question"  # a file whose rows carry both is a Q&A set (answer tokens only)
+    answer_field: str = "answer"
+    qa_separator: str = " "           # between question and answer: a space or newline suits most tokenizers
     max_length: int = 64
     min_length: int = 8
     max_records: int | None = None  # cap for retain / heldout / prompts (eval cost)
@@ -210,6 +213,12 @@ class DataConfig:
                "expected an integer in [1, max_length]", self.min_length)
         check(self.max_records is None or self.max_records >= 1, f"{path}.max_records",
                "expected an integer >= 1", self.max_records)
+        for name in ("question_field", "answer_field"):
+            check(bool(getattr(self, name).strip()), f"{path}.{name}", "expected a field name", getattr(self, name))
+        check(self.question_field != self.answer_field, f"{path}.answer_field",
+              f"expected a field other than question_field ({self.question_field!r})", self.answer_field)
+        check(self.text_field not in (self.question_field, self.answer_field), f"{path}.text_field",
+              "expected a field other than question_field and answer_field", self.text_field)
 
 
 @dataclass
@@ -231,6 +240,9 @@ class TrainConfig:
     stop_when: Literal["never", "threshold"] = "never"
     stop_ppl_factor: float | None = None  # early stop when held-out ppl rises past this factor
     log_every: int = 10
+    # What each eval step measures: "light" the watched figures (forget MA, held-out ppl, EL_n
+    # when stopping on thresholds); "full" the whole evaluation (MIA AUC, MAUVE, ...: `undial study`).
+    watch: Literal["light", "full"] = "light"
 
     def validate(self, path: str) -> None:
         check(self.lr > 0, f"{path}.lr", "expected a number > 0", self.lr)
@@ -264,11 +276,34 @@ class MauveConfig:
     prompt_tokens: int = 24
     new_tokens: int = 24
     do_sample: bool = False
+    num_buckets: int | None = None  # k-means buckets; None: the library's heuristic, samples / 10
 
     def validate(self, path: str) -> None:
         check(self.max_prompts >= 2, f"{path}.max_prompts", "expected an integer >= 2", self.max_prompts)
+        check(self.num_buckets is None or self.num_buckets >= 2, f"{path}.num_buckets",
+               "expected an integer >= 2 (or null: samples / 10)", self.num_buckets)
         check(self.prompt_tokens >= 1, f"{path}.prompt_tokens", "expected an integer >= 1", self.prompt_tokens)
         check(self.new_tokens >= 1, f"{path}.new_tokens", "expected an integer >= 1", self.new_tokens)
+
+
+@dataclass
+class RelearnConfig:
+    """The relearning attack (trainables/relearn.py): a copy of the model fine-tuned on one half
+    of the forget set, MA and EL on the other half."""
+    enabled: bool = False
+    steps: int = 20
+    lr: float = 1e-4
+    batch_size: int = 4
+    lora: bool = False      # false: full fine-tuning of the copy
+    lora_rank: int = 8
+    seed: int = 0           # the split into halves and the batch order
+
+    def validate(self, path: str) -> None:
+        check(self.steps >= 1, f"{path}.steps", "expected an integer >= 1", self.steps)
+        check(self.lr > 0, f"{path}.lr", "expected a number > 0", self.lr)
+        check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
+        check(self.lora_rank >= 1, f"{path}.lora_rank", "expected an integer >= 1", self.lora_rank)
+        check(self.seed >= 0, f"{path}.seed", "expected an integer >= 0", self.seed)
 
 
 @dataclass
@@ -279,12 +314,33 @@ class EvalConfig:
     mauve: MauveConfig = field(default_factory=MauveConfig)
     mia: bool = True
     progress: bool = False
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    retain_model: str | None = None  # never trained on the forget set: privleak, forget_quality, the ref attack
+    mia_attacks: list[str] | None = None  # None: loss, zlib, min_k, min_k_pp (+ ref with retain_model)
+    mia_k: float = 0.2  # Min-K% / Min-K%++: the fraction of lowest-scoring tokens
+
+    def attacks(self) -> list[str]:
+        from trainables.metric_names import mia_attacks
+
+        return mia_attacks(self.retain_model, self.mia_attacks)
 
     def validate(self, path: str) -> None:
         check(len(self.el_n) >= 1 and all(n >= 1 for n in self.el_n), f"{path}.el_n",
                "expected a list of integers >= 1", self.el_n)
         check(self.prefix_stride >= 1, f"{path}.prefix_stride", "expected an integer >= 1", self.prefix_stride)
         check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
+        from trainables.metric_names import MIA_ATTACKS
+
+        for name in self.mia_attacks or []:
+            check(name in MIA_ATTACKS, f"{path}.mia_attacks", f"expected attacks among {', '.join(MIA_ATTACKS)}",
+                  name)
+        check(self.mia_attacks is None or len(set(self.mia_attacks)) == len(self.mia_attacks),
+              f"{path}.mia_attacks", "expected each attack once", self.mia_attacks)
+        check("ref" not in (self.mia_attacks or []) or bool(self.retain_model), f"{path}.mia_attacks",
+              "'ref' calibrates against eval.retain_model: set it (or drop ref)", self.mia_attacks)
+        check(0 < self.mia_k <= 1, f"{path}.mia_k", "expected a number in (0, 1]", self.mia_k)
+        check(self.retain_model is None or bool(self.retain_model.strip()), f"{path}.retain_model",
+              "expected a model folder or Hub id (or null)", self.retain_model)
 
 
 @dataclass
@@ -339,6 +395,11 @@ class UnlearnConfig:
         if self.method.name in ("graddiff", "rmu") and self.method.uses_retain():
             check(self.data.retain is not None, "data.retain", f"method '{self.method.name}' trains on a retain set",
                   self.data.retain)
+        if "grad_norm" in (self.eval.mia_attacks or []):
+            sharded = self.scaling.strategy == "fsdp" or (self.scaling.strategy == "deepspeed"
+                                                          and self.scaling.zero_stage == 3)
+            check(not sharded, "eval.mia_attacks", "grad_norm needs whole parameters on every rank "
+                  "(not fsdp or deepspeed zero_stage 3)", self.eval.mia_attacks)
         if self.method.name == "rmu":
             check(not self.lora.enabled, "lora.enabled",
                   "rmu trains the MLP weights of method.rmu_update_layers (full fine-tuning): expected false",

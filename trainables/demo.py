@@ -49,7 +49,9 @@ from pathlib import Path
 from trainables.errors import InputError
 from trainables.tiny import gpt_neo_config, random_model, train_tokenizer
 
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"  # v2: 1,200 MAUVE prompt passages (v1: 200); the same records and model
+# the generators' seed string: v1's, so every split v1 had (and the model trained on them) is unchanged
+_RNG_TAG = "demo-v1"
 FIELDS = ("name", "email", "phone", "address", "iban", "dob")
 
 
@@ -82,10 +84,10 @@ class _Spec:
 
 SIZES = {
     "full": _Spec(n_forget=32, n_unseen=64, n_public=3000, n_public_twice=0, n_heldout=200,
-                  n_prose=1000, n_prompts=200, forget_repeat=48, vocab_size=4096, n_layer=4,
+                  n_prose=1000, n_prompts=1200, forget_repeat=48, vocab_size=4096, n_layer=4,
                   hidden=256, heads=4, epochs=1.5, batch_size=32, lr=2e-3, el_stride=8),
     "tiny": _Spec(n_forget=16, n_unseen=32, n_public=300, n_public_twice=0, n_heldout=64,
-                  n_prose=60, n_prompts=32, forget_repeat=24, vocab_size=4096, n_layer=2,
+                  n_prose=60, n_prompts=240, forget_repeat=24, vocab_size=4096, n_layer=2,
                   hidden=128, heads=4, epochs=3.0, batch_size=32, lr=3e-3, el_stride=8),
 }
 
@@ -278,7 +280,7 @@ def make_demo_data(seed: int = 0, size: str = "full"):
     from faker import Faker
 
     spec = _spec(size)
-    rng = random.Random(f"{DEMO_VERSION}:{seed}:{size}")
+    rng = random.Random(f"{_RNG_TAG}:{seed}:{size}")
     fake = Faker("en_US", use_weighting=False)  # uniform picks: 5x faster, more varied names
     fake.seed_instance(seed)
     used: set = set()
@@ -562,10 +564,11 @@ def _build_into(root: Path, seed: int, size: str, spec: _Spec, log) -> None:
 
 
 def default_demo_dir(seed: int = 0, size: str = "full") -> Path:
-    """$UNDIAL_CACHE (or ~/.cache/undial) / demo-v1-{size}-seed{seed}."""
+    """$UNDIAL_CACHE (or ~/.cache/undial) / demo-v2-{size}-seed{seed}."""
     _spec(size)
-    base = os.environ.get("UNDIAL_CACHE") or os.path.join("~", ".cache", "undial")
-    return Path(base).expanduser() / f"{DEMO_VERSION}-{size}-seed{seed}"
+    from trainables.io import cache_root
+
+    return cache_root() / f"{DEMO_VERSION}-{size}-seed{seed}"
 
 
 def ensure_demo(seed: int = 0, size: str | None = None, log=print) -> Path:

@@ -115,21 +115,65 @@ def _sequence_stats(model, tset, eval_cfg, idx: list[int], progress: bool) -> di
     ids, mask = tset.input_ids[idx], tset.attention_mask[idx]
     private = (char_spans_to_token_mask(tset.offsets[idx], mask, [[s[:2] for s in tset.spans[i]] for i in idx])
                if has_spans else None)
-    scores = metrics.sequence_scores(model, ids, mask, position_mask=private, batch_size=bs)
+    if getattr(tset, "answer_mask", None) is not None:  # Q&A: answer tokens only, EL prompted with the question
+        from trainables import qa
+
+        answers, rows = tset.answer_mask[idx], None if tset.rows is None else [tset.rows[i] for i in idx]
+        scores = qa.answer_sequence_scores(model, ids, mask, answers, position_mask=private, batch_size=bs)
+        el = qa.answer_extraction_likelihood(model, ids, mask, answers, list(eval_cfg.el_n), eval_cfg.prefix_stride,
+                                             bs, progress, rows=rows)
+    else:
+        scores = metrics.sequence_scores(model, ids, mask, position_mask=private, batch_size=bs)
+        el = metrics.extraction_likelihood_per_sequence(model, ids, list(eval_cfg.el_n), mask,
+                                                        prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
+                                                        progress=progress)
     out.update({name: scores[name].tolist() for name in names})
-    el = metrics.extraction_likelihood_per_sequence(model, ids, list(eval_cfg.el_n), mask,
-                                                    prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
-                                                    progress=progress)
     for n, values in el.items():
         out[f"el{n}"] = [float(v) for v in values]
     return out
 
 
+def _covered_texts(tset, idx: list[int]) -> list[str] | None:
+    """Each row's text up to the end of its last kept token (truncation drops the rest)."""
+    if tset.texts is None:
+        return None
+    if tset.offsets is None:
+        return [tset.texts[i] for i in idx]
+    ends = (tset.offsets[idx, :, 1] * tset.attention_mask[idx]).max(1).values
+    return [tset.texts[i][:int(e)] for i, e in zip(idx, ends)]
+
+
+def _attack_stats(model, tset, eval_cfg, idx: list[int]) -> dict[str, list]:
+    """Per-sequence membership scores ("attack.<name>") of the sequences `idx` of one set, for
+    eval.mia_attacks (the logit ones from one forward per batch; loss always, `ref` needs it)."""
+    from trainables import attacks
+
+    wanted = eval_cfg.attacks()
+    logit = ["loss"] + [a for a in wanted if a in ("zlib", "min_k", "min_k_pp")]
+    if tset.texts is None:
+        logit = [a for a in logit if a != "zlib"]  # token-id data: no text to compress, zlib absent
+    names = logit + (["grad_norm"] if "grad_norm" in wanted else [])
+    out: dict[str, list] = {f"attack.{a}": [] for a in names}
+    if not idx:
+        return out
+    ids, mask = tset.input_ids[idx], tset.attention_mask[idx]
+    answers = getattr(tset, "answer_mask", None)
+    answers = None if answers is None else answers[idx]
+    scores = attacks.attack_scores(model, ids, mask, logit, k=eval_cfg.mia_k, texts=_covered_texts(tset, idx),
+                                   batch_size=eval_cfg.batch_size, token_mask=answers)
+    if "grad_norm" in names:
+        scores["grad_norm"] = attacks.grad_norm_scores(model, ids, mask, token_mask=answers)
+    return {f"attack.{a}": scores[a].tolist() for a in names}
+
+
 @torch.no_grad()
 def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, shard: Shard | None = None,
-                   device=None, log=print) -> dict:
-    """{"forget": {...}, "unseen": {...}, "retain": {"ppl"}, "mia_auc", "mauve", ...} for one
-    model; every rank of `shard` calls it and gets the whole report."""
+                   device=None, log=print, retain: dict | None = None, _self_reference: bool = False,
+                   _scores_out: dict | None = None) -> dict:
+    """{"forget": {...}, "unseen": {...}, "retain": {"ppl"}, "mia_auc", "mia": {attack: AUC},
+    "mauve", ...} for one model; every rank of `shard` calls it and gets the whole report.
+    `retain`: the retain model's section (`retain_report`): adds the `ref` attack, `privleak`
+    per attack and `forget_quality`; without it they are absent."""
     from trainables import metrics
 
     shard = shard or Shard.replicated()
@@ -143,6 +187,8 @@ def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, sh
             continue
         idx = shard.indices(len(tset), bs)
         stats = {k: shard.gather(idx, v) for k, v in _sequence_stats(model, tset, eval_cfg, idx, progress).items()}
+        if eval_cfg.mia:
+            stats.update({k: shard.gather(idx, v) for k, v in _attack_stats(model, tset, eval_cfg, idx).items()})
         per_set[name] = stats
         row = {"ma": _nanmean(stats["ma"])}
         if "ma_private" in stats:
@@ -162,9 +208,111 @@ def evaluate_model(model, tokenizer, data: DataSets, eval_cfg, seed: int = 0, sh
         f, u = per_set["forget"], per_set["unseen"]
         out["mia_auc"] = metrics.roc_auc(f["mia_loss"], u["mia_loss"])
         out["mia_auc_min_k"] = metrics.roc_auc(f["mia_min_k"], u["mia_min_k"])
+    out.update(_privacy(per_set, eval_cfg, retain, _self_reference))
+    if _scores_out is not None:  # the retain model's per-sequence scores (retain_report)
+        _scores_out.update(per_set)
     if eval_cfg.mauve.enabled and data.prompts:
         out.update(generation_quality(model, tokenizer, data.prompts, eval_cfg, seed, shard, device))
     return out
+
+
+def _privacy(per_set: dict, eval_cfg, retain: dict | None, self_reference: bool) -> dict:
+    """mia (AUC per attack), privleak / privleak_abs per attack and forget_quality, from the
+    per-sequence scores of this model (and of the retain model's section)."""
+    from trainables import attacks, metrics
+
+    out: dict = {}
+    forget = per_set.get("forget")
+    if forget is None:
+        return out
+    wanted = eval_cfg.attacks()
+    if "ref" in wanted and "attack.loss" in forget and (self_reference or retain is not None):
+        for name, stats in per_set.items():
+            # the retain model against itself: every score 0, AUC 0.5 (it is its own calibration)
+            reference = stats["attack.loss"] if self_reference else retain["scores"][name]["loss"]
+            stats["attack.ref"] = attacks.ref_scores(stats["attack.loss"], reference).tolist()
+    if eval_cfg.mia and "unseen" in per_set:
+        u = per_set["unseen"]
+        out["mia"] = {a: metrics.roc_auc(forget[f"attack.{a}"], u[f"attack.{a}"])
+                      for a in wanted if f"attack.{a}" in forget and f"attack.{a}" in u}
+        if retain is not None and retain.get("mia"):
+            leak = {a: attacks.privleak(auc, retain["mia"][a]) for a, auc in out["mia"].items() if a in retain["mia"]}
+            out["privleak"] = leak
+            out["privleak_abs"] = {a: abs(v) for a, v in leak.items()}
+    if retain is not None:
+        losses = np.asarray(forget["nll"], np.float64) / np.asarray(forget["tokens"], np.float64)
+        out["forget_quality"] = attacks.forget_quality(losses, retain["forget_loss"])
+    return out
+
+
+def _retain_matches(section: dict | None, eval_cfg, data: DataSets) -> bool:
+    """Whether a retain section (e.g. the sweep's, measured once) fits this evaluation."""
+    if not isinstance(section, dict) or section.get("model") != eval_cfg.retain_model:
+        return False
+    if section.get("mia_k") != eval_cfg.mia_k:
+        return False
+    if not set(eval_cfg.attacks()) - {"ref"} <= set(section.get("attacks", [])):
+        return False
+    if len(section.get("forget_loss", [])) != len(data.forget):
+        return False
+    sizes = {"forget": len(data.forget), "unseen": len(data.unseen) if data.unseen is not None else None}
+    return not eval_cfg.mia or all(len(section.get("scores", {}).get(name, {}).get("loss", [])) == n
+                                   for name, n in sizes.items() if n is not None)
+
+
+def retain_report(model_cfg, eval_cfg, tokenizer, data: DataSets, shard: Shard | None = None, device=None,
+                  log=print) -> dict | None:
+    """The retain model's (eval.retain_model: never trained on the forget set) own figures and
+    the per-sequence scores later evaluations compare against; None when it is not configured.
+    Loaded on `device` beside the model being evaluated, evaluated once, released."""
+    import dataclasses
+    import gc
+
+    from trainables.models import configured_model
+
+    if not eval_cfg.retain_model:
+        return None
+    log(f"evaluating the retain model ({eval_cfg.retain_model}) ...")
+    model = configured_model(model_cfg, device or "cpu", eval_cfg.retain_model, key="eval.retain_model")
+    cfg = dataclasses.replace(eval_cfg, mauve=dataclasses.replace(eval_cfg.mauve, enabled=False))
+    scores: dict[str, dict] = {}
+    report = evaluate_model(model, tokenizer, data, cfg, shard=shard, device=device, log=log, _self_reference=True,
+                            _scores_out=scores)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    section = {"model": eval_cfg.retain_model, "mia_k": eval_cfg.mia_k, "attacks": eval_cfg.attacks(), **report}
+    section["scores"] = {name: {k[len("attack."):]: v for k, v in stats.items() if k.startswith("attack.")}
+                         for name, stats in scores.items()}
+    forget = scores["forget"]
+    section["forget_loss"] = (np.asarray(forget["nll"], np.float64) / np.asarray(forget["tokens"])).tolist()
+    return section
+
+
+def evaluate_original(model, tokenizer, data: DataSets, cfg, seed: int = 0, shard: Shard | None = None,
+                      device=None, log=print) -> dict:
+    """The original model's report (a run's or a sweep's "before"): with eval.retain_model, the
+    retain model is evaluated first (once) and its section travels in the report as
+    "retain_model", for the original's and every later evaluation's privacy figures."""
+    retain = retain_report(cfg.model, cfg.eval, tokenizer, data, shard, device, log)
+    report = evaluate_model(model, tokenizer, data, cfg.eval, seed=seed, shard=shard, device=device, log=log,
+                            retain=retain)
+    if retain is not None:
+        report["retain_model"] = retain
+    return report
+
+
+def retain_for(cfg, original: dict | None, tokenizer, data: DataSets, shard: Shard | None = None, device=None,
+               log=print) -> dict | None:
+    """The retain section a final evaluation compares against: the original report's when it fits
+    this config and data, else measured now (None without eval.retain_model)."""
+    if not cfg.eval.retain_model:
+        return None
+    section = (original or {}).get("retain_model")
+    if _retain_matches(section, cfg.eval, data):
+        return section
+    return retain_report(cfg.model, cfg.eval, tokenizer, data, shard, device, log)
 
 
 def split_passages(tokenizer, passages: list[str], prompt_tokens: int, new_tokens: int
@@ -206,16 +354,33 @@ def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: in
                                                do_sample=mc.do_sample, seed=seed + start, batch_size=len(batch))
         idx += range(start, start + len(batch))
     q_local = [t if t.strip() else " " for t in gens]  # an empty generation still counts as a sample
-    p_feat = (metrics.featurize([truths[i] for i in idx], mc.featurizer, batch_size=bs, device=feat_device)
-              if idx else np.zeros((0, 0), np.float32))
     q_feat = (metrics.featurize(q_local, mc.featurizer, batch_size=bs, device=feat_device)
               if idx else np.zeros((0, 0), np.float32))
     all_gens = shard.gather(idx, gens)
-    p = np.stack(shard.gather(idx, list(p_feat)))
     q = np.stack(shard.gather(idx, list(q_feat)))
-    result = metrics.mauve_from_features(p, q, seed=seed)
-    return {"mauve": float(result["mauve"]), "mauve_samples": int(result["samples"]),
+    p = _human_features(truths, idx, mc.featurizer, bs, feat_device, shard)
+    result = metrics.mauve_from_features(p, q, seed=seed, num_buckets=mc.num_buckets or "auto")
+    return {"mauve": float(result["mauve"]), "mauve_star": float(result["mauve_star"]),
+            "mauve_samples": int(result["samples"]),
             **{k: float(v) for k, v in metrics.repetition(all_gens).items()}}
+
+
+def _human_features(truths: list[str], idx: list[int], featurizer: str, batch_size: int, device,
+                    shard: Shard) -> np.ndarray:
+    """The true continuations' features: from the node's cache when every rank has them (ranks
+    on different nodes may not: all decide together), else featurised across the ranks (each
+    its batches) and cached for the next evaluation."""
+    from trainables import feature_cache, metrics
+
+    cached = feature_cache.load_cached(featurizer, truths)
+    if all(shard.gather([shard.rank], [cached is not None])):
+        return cached
+    local = (metrics.featurize([truths[i] for i in idx], featurizer, batch_size=batch_size, device=device)
+             if idx else np.zeros((0, 0), np.float32))
+    p = np.stack(shard.gather(idx, list(local)))
+    if cached is None:
+        feature_cache.store(featurizer, truths, p)
+    return p
 
 
 @torch.no_grad()

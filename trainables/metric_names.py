@@ -6,7 +6,10 @@ logs per step, the key a search space's objectives and constraints name and the
 column the Pareto files use. A few short aliases (`el3`, `ma`, `ppl`) are accepted
 where users type names; `*_ratio` is the value after unlearning over the original's.
 Each entry says which way is better for unlearning and the bounds it is known to lie
-in (the hypervolume reference of a bounded objective is its worst bound).
+in (the hypervolume reference of a bounded objective is its worst bound). Like EL_n, the
+privacy metrics have one entry per membership-inference attack (`privacy_metric`):
+`mia.<attack>` (typed `mia_auc.<attack>` too), `privleak.<attack>`, `privleak_abs.<attack>`;
+`privleak` alone is MUSE's (Min-K%). docs/privacy.md says what each means.
 
 Pure Python: the config, the sweep, Pareto, tracking and the workers import it.
 """
@@ -48,6 +51,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("retain.ppl", "min", low=1.0, needs=("data.heldout",), description="held-out perplexity"),
     Metric("mauve", "max", **_UNIT, needs=("eval.mauve.enabled", "data.prompts"),
            description="MAUVE of sampled continuations vs the true ones"),
+    Metric("mauve_star", "max", **_UNIT, needs=("eval.mauve.enabled", "data.prompts"),
+           description="the MAUVE library's smoothed variant (Pillutla et al., JMLR 2023)"),
     Metric("mauve_samples", "max", low=0.0, needs=("eval.mauve.enabled", "data.prompts")),
     Metric("rep2", "min", **_UNIT, needs=("eval.mauve.enabled", "data.prompts")),
     Metric("rep3", "min", **_UNIT, needs=("eval.mauve.enabled", "data.prompts")),
@@ -56,7 +61,50 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
            description="membership-inference AUC (loss attack), forget vs unseen"),
     Metric("mia_auc_min_k", "min", **_UNIT, needs=("data.unseen", "eval.mia"),
            description="membership-inference AUC (Min-K% attack)"),
+    # The relearning attack (trainables.relearn), on the held-out half of the forget set;
+    # relearn.el<n> and relearn.el<n>_before: see `resolve`.
+    Metric("relearn.ma", "min", **_UNIT, needs=("eval.relearn.enabled",),
+           description="forget MA on the held-out half after relearning the other half"),
+    Metric("relearn.ma_before", "min", **_UNIT, needs=("eval.relearn.enabled",),
+           description="forget MA on the held-out half before relearning"),
+    Metric("forget_quality", "max", **_UNIT, needs=("eval.retain_model",),
+           description="KS-test p-value, per-sequence forget loss of the model vs the retain model's"),
 ]}
+
+# Membership-inference attacks (trainables.attacks). Orientation: higher score = more member-like,
+# so AUC 1 = every forget record recognised, 0.5 = forget looks like unseen text.
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "ref", "grad_norm")
+LOGIT_ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")  # one forward's logits give them
+CHEAP_ATTACKS = LOGIT_ATTACKS                         # measured when eval.mia_attacks is not given
+PRIVLEAK_ATTACK = "min_k"                             # bare `privleak`: MUSE's PrivLeak uses Min-K%
+_ATTACK_NEEDS = {"ref": ("eval.retain_model",)}
+_MIA_NEEDS = ("data.unseen", "eval.mia")
+_PRIVACY = re.compile(r"^(mia|mia_auc|privleak|privleak_abs)\.(\w+)$")
+
+
+def mia_attacks(retain_model: str | None, listed: list[str] | None) -> list[str]:
+    """The attacks an evaluation measures: eval.mia_attacks as listed, else the cheap ones plus
+    `ref` where eval.retain_model is set (grad_norm, one backward per sequence, only when listed)."""
+    if listed is not None:
+        return list(listed)
+    return list(CHEAP_ATTACKS) + (["ref"] if retain_model else [])
+
+
+def privacy_metric(kind: str, attack: str) -> Metric:
+    """mia.<attack>: the attack's AUC, forget vs unseen; privleak.<attack>: (AUC - AUC_retain) /
+    AUC_retain, 0 = as private as the retain model, > 0 leaks more, < 0 over-unlearned (MUSE and
+    open-unlearning orient AUC the other way: their signs are reversed); privleak_abs: its size,
+    the objective to minimise (minimising the signed value rewards over-unlearning)."""
+    needs = _MIA_NEEDS + _ATTACK_NEEDS.get(attack, ())
+    if kind == "mia":
+        return Metric(f"mia.{attack}", "min", **_UNIT, needs=needs,
+                      description=f"membership-inference AUC ({attack} attack), forget vs unseen")
+    needs = tuple(dict.fromkeys(needs + ("eval.retain_model",)))
+    if kind == "privleak":
+        return Metric(f"privleak.{attack}", "min", low=-1.0, needs=needs,
+                      description=f"PrivLeak ({attack} attack) vs the retain model; 0 = as private as it")
+    return Metric(f"privleak_abs.{attack}", "min", low=0.0, needs=needs,
+                  description=f"|PrivLeak| ({attack} attack): distance from the retain model's privacy")
 
 ALIASES: dict[str, str] = {
     "ma": "forget.ma", "forget_ma": "forget.ma", "ma_private": "forget.ma_private", "forget_ppl": "forget.ppl",
@@ -64,6 +112,7 @@ ALIASES: dict[str, str] = {
 }
 
 _EL = re.compile(r"^(?:(forget|unseen)\.)?el(\d+)$")
+_RELEARN_EL = re.compile(r"^relearn\.el(\d+)(_before)?$")
 RATIO = "_ratio"
 
 
@@ -81,11 +130,21 @@ def resolve(name: str) -> tuple[Metric, bool]:
     m = _EL.match(core)
     if m:
         return el_metric(m.group(1) or "forget", int(m.group(2))), ratio
+    m = _RELEARN_EL.match(core)
+    if m:
+        when = "before" if m.group(2) else "after"
+        return Metric(core, "min", **_UNIT, needs=("eval.relearn.enabled",), description=(
+            f"forget EL_{m.group(1)} on the held-out half {when} relearning the other half")), ratio
     if core in METRICS:
         return METRICS[core], ratio
-    raise KeyError(f"unknown metric {name!r} (known: el<n>, {', '.join(ALIASES)}, {', '.join(METRICS)}, "
-                   f"unseen.el<n>; any of them + {RATIO})")
+    if core in ("privleak", "privleak_abs"):
+        core = f"{core}.{PRIVLEAK_ATTACK}"
+    m = _PRIVACY.match(core)
+    if m and m.group(2) in MIA_ATTACKS:
+        return privacy_metric("mia" if m.group(1) == "mia_auc" else m.group(1), m.group(2)), ratio
+    raise KeyError(f"unknown metric {name!r} (known: {known_names()})")
 
 
 def known_names() -> str:
-    return f"el<n>, {', '.join(ALIASES)}, {', '.join(METRICS)}, unseen.el<n>; any + {RATIO}"
+    return (f"el<n>, {', '.join(ALIASES)}, {', '.join(METRICS)}, unseen.el<n>, privleak, privleak_abs, "
+            f"mia_auc.<a> / privleak.<a> / privleak_abs.<a> for a in {', '.join(MIA_ATTACKS)}; any + {RATIO}")

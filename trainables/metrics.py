@@ -682,8 +682,8 @@ def mauve_score(p_texts: Sequence[str], q_texts: Sequence[str], featurizer: str 
 
     num_buckets "auto" = mauve's heuristic max(2, round(min(n_p, n_q) / 10)).
     Warns (SmallSampleWarning) under 500 samples per side: small samples bias
-    MAUVE upward. Returns {mauve, samples (= min side), samples_p, samples_q,
-    num_buckets}.
+    MAUVE upward. Returns {mauve, mauve_star (the library's smoothed variant),
+    samples (= min side), samples_p, samples_q, num_buckets}.
     """
     if len(p_texts) < 2 or len(q_texts) < 2:
         raise InputError(f"MAUVE needs at least 2 texts per side, got {len(p_texts)} and {len(q_texts)}")
@@ -710,8 +710,8 @@ def mauve_from_features(p, q, seed: int = 0, num_buckets="auto", mauve_scaling_f
     res = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=seed, verbose=False,
                               mauve_scaling_factor=mauve_scaling_factor, kmeans_num_redo=kmeans_num_redo,
                               kmeans_max_iter=kmeans_max_iter)
-    return {"mauve": float(res.mauve), "samples": n, "samples_p": len(p), "samples_q": len(q),
-            "num_buckets": buckets}
+    return {"mauve": float(res.mauve), "mauve_star": float(res.mauve_star), "samples": n, "samples_p": len(p),
+            "samples_q": len(q), "num_buckets": buckets}
 
 
 def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64,

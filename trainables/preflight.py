@@ -217,14 +217,14 @@ def _load_local(cfg, tokenizer, name: str, **kw):
 
 def _check_spans_policy(cfg) -> None:
     """Policy spans: every forget record carries spans (data.py checked they lie in its text)."""
-    from trainables.data import detect_format, read_records
+    from trainables.data import QAFields, detect_format, read_records
 
     path, field = cfg.data.forget, cfg.data.spans_field
     fmt = detect_format(path, cfg.data.format)
     if fmt in ("hub", "npy") or _unresolved(path):
         return  # hub: not read here; npy: refused by _check_text_policy
     try:
-        records = read_records(path, fmt, cfg.data.text_field, field)
+        records = read_records(path, fmt, cfg.data.text_field, field, QAFields.of(cfg.data))
     except InputError as exc:
         raise InputError(f"data.forget: {exc}") from None
     if not records.has_spans:
@@ -248,6 +248,15 @@ def _check_text_policy(cfg) -> None:
 
 def _check_records_fit_el_n(cfg, tset) -> None:
     n = max(cfg.eval.el_n)
+    if tset.answer_mask is not None:  # Q&A: EL_n is scored on the answer, prompted with the question
+        answers = tset.answer_mask.sum(1)
+        short = (answers < n).nonzero().flatten()
+        if len(short):
+            i = int(short[0])
+            row = tset.rows[i] if tset.rows else i + 1
+            raise InputError(f"eval.el_n: EL_{n} needs answers of at least {n} tokens; {tset.name} row {row} has "
+                             f"{int(answers[i])} (lower eval.el_n, or raise data.max_length if it was cut)")
+        return
     lengths = tset.attention_mask.sum(1)
     short = (lengths <= n).nonzero().flatten()
     if len(short):
@@ -258,7 +267,7 @@ def _check_records_fit_el_n(cfg, tset) -> None:
 
 
 def _check_prompts(cfg, tokenizer) -> None:
-    from trainables.data import detect_format, read_text_records
+    from trainables.data import QAFields, detect_format, read_text_records
     from trainables.evaluate import split_passages
 
     mc = cfg.eval.mauve
@@ -269,7 +278,7 @@ def _check_prompts(cfg, tokenizer) -> None:
     if fmt == "hub":
         return
     try:
-        passages, _ = read_text_records(path, fmt, cfg.data.text_field, cfg.data.spans_field)
+        passages, _ = read_text_records(path, fmt, cfg.data.text_field, cfg.data.spans_field, QAFields.of(cfg.data))
     except InputError as exc:
         raise InputError(f"data.prompts: {exc}") from None
     prompts, _ = split_passages(tokenizer, passages[:mc.max_prompts], mc.prompt_tokens, mc.new_tokens)
@@ -382,6 +391,9 @@ def preflight(cfg, train: bool = True) -> None:
         for tset in (forget, unseen):
             if tset is not None:
                 _check_records_fit_el_n(cfg, tset)
+        if forget is not None and cfg.eval.relearn.enabled and len(forget) < 2:
+            raise InputError(f"eval.relearn.enabled: the attack relearns half of the forget set and measures the "
+                             f"other half; {cfg.data.forget} has {len(forget)} record")
         _load_local(cfg, tokenizer, "heldout", min_length=2, max_records=cfg.data.max_records)
         if train and cfg.method.uses_retain():
             _load_local(cfg, tokenizer, "retain", min_length=2)

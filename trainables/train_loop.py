@@ -31,11 +31,14 @@ from trainables.distributed import Strategy, WorkerContext
 from trainables.errors import InputError, TrainingDiverged
 from trainables.io import write_json
 from trainables.methods import build_method
-from trainables.evaluate import Shard, evaluate_model, load_result_model, watch_from_report, watch_metrics
+from trainables.evaluate import (Shard, evaluate_model, evaluate_original, load_result_model, retain_for,
+                                 watch_from_report, watch_metrics)
 from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora,
                                configured_model, configured_tokenizer, count_parameters)
+from trainables.relearn import relearn_in_workers
 from trainables.strategies import make_strategy
 from trainables.subsets import describe_selection, select_positions, selection_weights
+from trainables.tree import numeric
 from trainables.undial import weight_sum
 
 CHECKPOINT_FILE = "train_state.json"  # + train_state.safetensors: no pickle (trainables/checkpoint.py)
@@ -198,7 +201,9 @@ def build_weights(subset_spec, forget: TokenizedSet, model, cfg, tokenizer, log=
                          "nothing would be unlearned (check the policy's settings, or use mode: soft)")
     log(f"subset '{subset_spec.policy}' ({subset_spec.mode}): {stats['selected_tokens']} of "
         f"{stats['real_tokens']} tokens selected ({stats['fraction']:.1%})")
-    return selection_weights(selected, forget.attention_mask, subset_spec.mode, subset_spec.soft_weight)
+    weights = selection_weights(selected, forget.attention_mask, subset_spec.mode, subset_spec.soft_weight)
+    # Q&A records: the question is context only, weight 0 whatever the policy (soft mode included).
+    return weights if forget.answer_mask is None else weights * forget.answer_mask
 
 
 @dataclass
@@ -300,7 +305,7 @@ def load_checkpoint(path: str, strategy: Strategy, state: TrainState) -> None:
 def _stack(tset: TokenizedSet, idx: list[int], device):
     ids = tset.input_ids[idx].to(device)
     mask = tset.attention_mask[idx].to(device)
-    return ids, mask, ids.masked_fill(mask == 0, -100)
+    return ids, mask, tset.labels[idx].to(device)  # -100 at padding and at a Q&A set's question tokens
 
 
 @dataclass
@@ -400,6 +405,23 @@ def train_step(run: Run, step: int, cfg, ctx: WorkerContext, log=print) -> tuple
     return step_loss, strategy.step()
 
 
+def watched_figures(strategy: Strategy, tokenizer, data, cfg, shard: Shard, el_watch: int | None, device,
+                    report: dict | None = None) -> dict:
+    """What an eval step records (flat report paths): train.watch "light" the watched figures,
+    "full" the whole evaluation (EL_n, MIA AUC, MAUVE, ...); from `report` where it is at hand."""
+    model = strategy.eval_model
+    if cfg.train.watch == "full":
+        if report is None:
+            was_training = model.training
+            report = evaluate_model(model, tokenizer, data, cfg.eval, seed=cfg.train.seed, shard=shard,
+                                    device=device, log=lambda *a, **k: None)
+            model.train(was_training)  # evaluate_model leaves the model in eval mode
+        return numeric(report)
+    if report is not None:
+        return watch_from_report(report, el_watch)
+    return watch_metrics(model, data, cfg.eval, shard, el_watch)
+
+
 def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, reporter: LocalReporter | None = None,
                    log=print, job: Job | None = None) -> dict:
     """Setup, (evaluate the original,) train, (evaluate the selected model,) save. Returns
@@ -428,8 +450,9 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     if original is None and (job.evaluate_original or wants_thresholds):
         log("evaluating the original model ...")
         t_eval = time.perf_counter()
-        original = evaluate_model(strategy.eval_model, tokenizer, data, cfg.eval, seed=tc.seed, shard=shard,
-                                  device=ctx.device, log=log)
+        original = evaluate_original(strategy.eval_model, tokenizer, data, cfg, seed=tc.seed, shard=shard,
+                                     device=ctx.device, log=log)  # with eval.retain_model: its section too
+        original.update(relearn_in_workers(strategy.eval_model, tokenizer, data, cfg, ctx, strategy, retain=True))
         timings["original_eval_s"] = time.perf_counter() - t_eval
         state.original_report = original
     thresholds = None
@@ -439,8 +462,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     el_watch = cfg.eval.el_n[0] if thresholds is not None else None
     if state.original is None:
         # The original's whole evaluation (this run's or the sweep's) already holds these figures.
-        state.original = (watch_from_report(original, el_watch) if original is not None
-                          else watch_metrics(strategy.eval_model, data, cfg.eval, shard, el_watch))
+        state.original = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device, original)
         state.best_score = selection_score(state.original, state.original, tc)
         state.history.append({"step": 0, **state.original})
         log(f"step 0: {_fmt(state.original)}")
@@ -485,7 +507,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         evaluated = state.step % tc.eval_every == 0 or state.step == steps
         if evaluated:
             t_eval = time.perf_counter()
-            evaluation = watch_metrics(strategy.eval_model, data, cfg.eval, shard, el_watch)
+            evaluation = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device)
             timings["watch_eval_s"] += time.perf_counter() - t_eval
             metrics.update(evaluation)
             state.history.append({"step": state.step, "loss": step_loss, **evaluation})
@@ -520,8 +542,10 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     if job.evaluate_final:
         log("evaluating the unlearned model ...")
         t_eval = time.perf_counter()
+        retain = retain_for(cfg, original, tokenizer, data, shard, ctx.device, log)  # None without eval.retain_model
         evaluation["unlearned"] = evaluate_model(strategy.eval_model, tokenizer, data, cfg.eval, seed=tc.seed,
-                                                 shard=shard, device=ctx.device, log=log)
+                                                 shard=shard, device=ctx.device, log=log, retain=retain)
+        evaluation["unlearned"].update(relearn_in_workers(strategy.eval_model, tokenizer, data, cfg, ctx, strategy))
         timings["final_eval_s"] = time.perf_counter() - t_eval
     model_dir = None
     if output_dir is not None:
@@ -545,8 +569,9 @@ def run_evaluation(cfg, ctx: WorkerContext, log=print) -> dict:
     model = load_result_model(cfg.model.name_or_path, cfg.model.dtype, device=ctx.device,
                               trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
                               allow_pickle_weights=cfg.model.allow_pickle_weights, key="model.name_or_path")
-    report = evaluate_model(model, tokenizer, data, cfg.eval, seed=cfg.train.seed,
-                            shard=Shard(ctx.rank, ctx.world_size), device=ctx.device, log=log)
+    report = evaluate_original(model, tokenizer, data, cfg, seed=cfg.train.seed,
+                               shard=Shard(ctx.rank, ctx.world_size), device=ctx.device, log=log)
+    report.update(relearn_in_workers(model, tokenizer, data, cfg, ctx, retain=True))  # every rank holds the model
     return {"evaluation": {"original": report}, "steps": 0, "history": [], "curve": [],
             "timings": {"total_s": time.perf_counter() - t0}, "seconds": 0.0}
 
