@@ -30,9 +30,17 @@ def cmd_demo(args) -> int:
 def cmd_unlearn(args) -> int:
     from orchestrator.unlearn import resolve_config, run_unlearn_job
 
+    split = getattr(args, "split_forget", None)
+    if split is not None and split < 2:
+        raise InputError(f"--split-forget: expected an integer >= 2, got {split}")
     config_path, overrides = _split_config(args)
     cfg = resolve_config(config_path, overrides, args.demo)
-    run_unlearn_job(cfg, args.output, overwrite=args.overwrite)
+    from orchestrator.sequential import is_sequential, run_sequential
+
+    if is_sequential(cfg, split):  # several forget sets: one request after the other (docs/sequential.md)
+        run_sequential(cfg, args.output, overwrite=args.overwrite, split=split)  # prints the table at the end
+    else:
+        run_unlearn_job(cfg, args.output, overwrite=args.overwrite)
     return 0
 
 
@@ -73,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--demo", action="store_true", help="use the built-in offline demo's config")
     unlearn.add_argument("--output", required=True, help="folder for metrics.json, the model, the config")
     unlearn.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    unlearn.add_argument("--split-forget", type=int, metavar="N",
+                         help="cut the forget file into N sequential requests (N >= 2); a list in data.forget "
+                              "runs as sequential requests too")
     unlearn.set_defaults(func=cmd_unlearn)
 
     ev = sub.add_parser("eval", help="evaluate a model or adapter folder with the evaluation suite")

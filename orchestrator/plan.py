@@ -430,8 +430,13 @@ def run_shape(cfg: UnlearnConfig, forget_records: int | None = None, workers: in
     return rs
 
 
-def count_records(path: str | None) -> int | None:
-    """Records in a local forget file (JSON Lines, text, .npy), or None when not readable here."""
+def count_records(path: str | list[str] | None) -> int | None:
+    """Records in a local forget file (JSON Lines, text, .npy), or None when not readable here.
+
+    Sequential requests (a list) are planned for the largest one: each runs as its own job."""
+    if isinstance(path, list):
+        counts = [count_records(p) for p in path]
+        return None if not counts or None in counts else max(counts)
     if not path or path.startswith(DEMO_PREFIX):
         return None
     p = Path(path)

@@ -115,6 +115,11 @@ def run_job(cfg: UnlearnConfig, model_dir: Path | None, stage: Path, job: dict, 
     return fit_distributed(cfg, model_dir, storage_default=stage / "ray", log=log, job=job)
 
 
+def training_summary(result: dict) -> dict:
+    """metrics.json's "training" section of a training job's result."""
+    return {k: result.get(k) for k in ("best_step", "steps", "stopped", "seconds", "timings")}
+
+
 def run_unlearn_job(cfg: UnlearnConfig, output: str | Path, overwrite: bool = False, log=print) -> dict:
     from trainables.preflight import preflight
 
@@ -124,7 +129,7 @@ def run_unlearn_job(cfg: UnlearnConfig, output: str | Path, overwrite: bool = Fa
         result = run_job(cfg, stage / "model", stage, {"evaluate_original": True, "evaluate_final": True}, log)
         evaluation = result["evaluation"]
         report = {"before": evaluation["original"], "after": evaluation["unlearned"],
-                  "training": {k: result.get(k) for k in ("best_step", "steps", "stopped", "seconds", "timings")}}
+                  "training": training_summary(result)}
         write_json(stage / "metrics.json", report)
         write_json(stage / "history.json", result.get("history", []))
     log(format_report(report))

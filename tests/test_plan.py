@@ -123,6 +123,18 @@ def test_cached_teacher_bytes():
     assert est.rows["teacher"] == 4 * 200 * 50257 * 2      # one micro-batch's slice on the GPU
 
 
+def test_sequential_forget_sets_are_planned_for_the_largest(tmp_path):
+    from orchestrator.plan import count_records
+
+    files = []
+    for i, n in enumerate((3, 5, 2)):
+        f = tmp_path / f"forget{i}.jsonl"
+        f.write_text("".join(f'{{"text": "record {j}"}}\n' for j in range(n)))
+        files.append(str(f))
+    assert count_records(files) == 5                   # each request is its own job
+    assert count_records(files + [str(tmp_path / "missing.jsonl")]) is None
+
+
 def test_activation_formula_arithmetic():
     neo = SHAPES["gpt-neo-1.3b"]
     m, t, h, a, v, layers = 4, 200, 2048, 16, 50257, 24

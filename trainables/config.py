@@ -190,9 +190,23 @@ class MethodConfig:
         return self.retain_weight > 0 or (self.name == "rmu" and self.rmu_alpha > 0)
 
 
+SEQUENTIAL_FORGET = "data.forget: a list of forget sets runs as sequential requests through undial unlearn"
+
+
+def single_forget(forget: str | list[str]) -> str:
+    """The one forget file a worker job reads: a list of several (sequential requests) is cut
+    into one job per request by the orchestrator (orchestrator/sequential.py), never read here."""
+    if isinstance(forget, (list, tuple)):
+        if len(forget) != 1:
+            raise InputError(SEQUENTIAL_FORGET)
+        return forget[0]
+    return forget
+
+
 @dataclass
 class DataConfig:
-    forget: str = "demo:data/forget.jsonl"
+    # A list: successive unlearning requests, each from the previous result (`undial unlearn`).
+    forget: str | list[str] = "demo:data/forget.jsonl"
     retain: str | None = "demo:data/retain.jsonl"   # optional retain NLL term
     heldout: str | None = "demo:data/heldout.jsonl"  # held-out text of the retain kind: perplexity
     unseen: str | None = "demo:data/unseen.jsonl"    # never-trained forget-like records: thresholds
@@ -208,6 +222,13 @@ class DataConfig:
     max_records: int | None = None  # cap for retain / heldout / prompts (eval cost)
 
     def validate(self, path: str) -> None:
+        if isinstance(self.forget, list):
+            check(len(self.forget) >= 1 and all(p.strip() for p in self.forget), f"{path}.forget",
+                  "expected a file or a non-empty list of files (sequential requests)", self.forget)
+            check(len(set(self.forget)) == len(self.forget), f"{path}.forget", "expected each forget set once",
+                  self.forget)
+            if len(self.forget) == 1:  # one request: exactly the plain string
+                self.forget = self.forget[0]
         check(self.max_length >= 2, f"{path}.max_length", "expected an integer >= 2", self.max_length)
         check(1 <= self.min_length <= self.max_length, f"{path}.min_length",
                "expected an integer in [1, max_length]", self.min_length)

@@ -328,7 +328,9 @@ def load_datasets(data_cfg, tokenizer, need_retain: bool = True) -> DataSets:
     def opt(path, **kw):
         return None if path is None else load_split(path, tokenizer, data_cfg, **kw)
 
-    forget = load_split(data_cfg.forget, tokenizer, data_cfg)
+    from trainables.config import single_forget
+
+    forget = load_split(single_forget(data_cfg.forget), tokenizer, data_cfg)  # a list: refused
     unseen = opt(data_cfg.unseen)
     retain = opt(data_cfg.retain, min_length=2, max_records=None) if need_retain else None
     heldout = opt(data_cfg.heldout, min_length=2, max_records=data_cfg.max_records)

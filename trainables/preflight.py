@@ -358,8 +358,11 @@ def preflight(cfg, train: bool = True) -> None:
     from trainables.checkpoint import check_folder
     from trainables.models import load_tokenizer
 
+    from trainables.config import single_forget
+
     mc = cfg.model
     # -- the config alone
+    single_forget(cfg.data.forget)  # several forget sets: sequential requests, one job each
     _check_el_n_fits(cfg)
     if train:
         _check_batches(cfg)
