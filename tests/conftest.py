@@ -10,6 +10,18 @@ from pathlib import Path
 
 import pytest
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests, restored after: many tiny tensor ops run faster
+    on one thread than split across cores, and the figures do not depend on the core count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 MICRO_WORDS = ("the of and to in is was for on with as by at from his her their this that which "
                "account payment record address phone email born lives reach street city bank").split()
 

@@ -16,12 +16,7 @@ from trainables.config import EvalConfig, UnlearnConfig, from_dict
 from trainables.errors import InputError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _cfg(root, **eval_over) -> UnlearnConfig:
