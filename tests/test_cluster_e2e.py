@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,10 +31,11 @@ import yaml
 
 from conftest import build_micro_assets, micro_config
 
-# The two cluster tests take ~6 min on 2 shared cores (cluster start ~45-80 s, a 2-trial sweep
-# job ~200 s): over CI's budget for one test, so they run with UNDIAL_CLUSTER_E2E=1. The storage
-# tests below (moto only, seconds) always run.
-CLUSTER_REASON = "a two-node cluster run takes minutes: set UNDIAL_CLUSTER_E2E=1"
+# The two cluster tests take ~6 min on 2 cores (cluster start ~20 s; measured 2026-12-03: the
+# 2-trial sweep + export + unlearn ~3 min, the stop-and-resume case 2.5 min). They run by default
+# (CI included) where the machine can give the worker node a private /tmp (root, unshare);
+# UNDIAL_CLUSTER_E2E=0 skips them. The storage tests below (moto only, seconds) always run.
+CLUSTER_REASON = "UNDIAL_CLUSTER_E2E=0: the two-node cluster tests are skipped"
 
 BUCKET = "undial-e2e"
 # The CLI keeps a local Ray on loopback with this flag (orchestrator.launcher); a node of a
@@ -220,8 +222,14 @@ def _submit(cluster, workdir: Path, job_id: str, args: list[str]) -> None:
 
 def _status(cluster, job_id: str) -> str:
     out = subprocess.run(["ray", "job", "status", job_id], env=cluster["cli_env"], capture_output=True, text=True)
-    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if f"'{job_id}' {word.lower()}" in out.stdout.lower() or f"status: {word}" in out.stdout:
+    text = out.stdout + out.stderr
+    # Ray's CLI: "Job 'X' succeeded" / "Job 'X' was stopped" / "Job 'X' failed", else
+    # "Status for job 'X': RUNNING" (the enum, possibly printed as JobStatus.RUNNING)
+    found = re.search(rf"Status for job '{re.escape(job_id)}': (?:JobStatus\.)?([A-Z]+)", text)
+    if found:
+        return found.group(1)
+    for word, said in (("SUCCEEDED", "succeeded"), ("FAILED", "failed"), ("STOPPED", "was stopped")):
+        if f"'{job_id}' {said}" in text:
             return word
     return "UNKNOWN"
 
@@ -256,7 +264,7 @@ def _s3_text(cluster, key: str) -> str:
 
 @pytest.mark.cluster
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("UNDIAL_CLUSTER_E2E") != "1", reason=CLUSTER_REASON)
+@pytest.mark.skipif(os.environ.get("UNDIAL_CLUSTER_E2E") == "0", reason=CLUSTER_REASON)
 def test_sweep_on_two_nodes_tracks_to_the_server_and_stores_on_s3(cluster, workdir, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -306,7 +314,7 @@ def test_sweep_on_two_nodes_tracks_to_the_server_and_stores_on_s3(cluster, workd
 
 @pytest.mark.cluster
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("UNDIAL_CLUSTER_E2E") != "1", reason=CLUSTER_REASON)
+@pytest.mark.skipif(os.environ.get("UNDIAL_CLUSTER_E2E") == "0", reason=CLUSTER_REASON)
 def test_resume_after_ray_job_stop_does_not_rerun_the_finished_trial(cluster, workdir):
     from mlflow.tracking import MlflowClient
 
