@@ -39,13 +39,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from orchestrator.study import PPL_TOLERANCE, el_n  # one rule for "within 10%" and the EL_n reported
 from trainables.config import UnlearnConfig, dump_yaml, from_dict
 from trainables.errors import InputError
 from trainables.metric_names import METRICS, el_metric
 from trainables.tree import map_leaves, numeric
 
 SPLIT_DIR = "requests"
-PPL_TOLERANCE = 1.10  # "held-out perplexity within 10% of the original" (as orchestrator.study)
 MA = METRICS["forget.ma"].name        # "forget.ma"
 PPL = METRICS["retain.ppl"].name      # "retain.ppl"
 MAUVE = METRICS["mauve"].name
@@ -59,11 +59,6 @@ def forget_sets(cfg: UnlearnConfig) -> list[str]:
 def is_sequential(cfg: UnlearnConfig, split: int | None = None) -> bool:
     """Whether `undial unlearn` runs sequential requests: several forget sets, or --split-forget."""
     return split is not None or len(forget_sets(cfg)) > 1
-
-
-def el_n_of(cfg: UnlearnConfig) -> int:
-    """The EL_n reported: EL3 where measured (the paper's), else the first of eval.el_n."""
-    return 3 if 3 in cfg.eval.el_n else int(cfg.eval.el_n[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +385,7 @@ def run_sequential(cfg: UnlearnConfig, output: str | Path, overwrite: bool = Fal
     if cfg.run.resume_from:
         raise InputError("run.resume_from: resumes one job; not with sequential requests")
     base = cfg.to_dict()
-    n = el_n_of(cfg)
+    n = el_n(base)
     for i, forget in enumerate(files, start=1):
         preflight(request_config(base, forget, i))  # every forget set (or the file to cut), before any output
     final = Path(output).resolve()
