@@ -28,14 +28,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from orchestrator.sequential import check_split, is_sequential, run_sequential
     from orchestrator.unlearn import resolve_config, run_unlearn_job
 
     split = getattr(args, "split_forget", None)
-    if split is not None and split < 2:
-        raise InputError(f"--split-forget: expected an integer >= 2, got {split}")
+    if split is not None:
+        check_split(split)  # before resolve_config, which may build the demo
     config_path, overrides = _split_config(args)
     cfg = resolve_config(config_path, overrides, args.demo)
-    from orchestrator.sequential import is_sequential, run_sequential
 
     if is_sequential(cfg, split):  # several forget sets: one request after the other (docs/sequential.md)
         run_sequential(cfg, args.output, overwrite=args.overwrite, split=split)  # prints the table at the end

@@ -65,6 +65,12 @@ def is_sequential(cfg: UnlearnConfig, split: int | None = None) -> bool:
 # --split-forget
 
 
+def check_split(parts) -> None:
+    """--split-forget N: an integer >= 2 (checked by the CLI before it builds anything)."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 2:
+        raise InputError(f"--split-forget: expected an integer >= 2, got {parts!r}")
+
+
 def split_forget(path: str, parts: int, out_dir: Path, data_cfg) -> list[Path]:
     """Cut one forget file into `parts` contiguous parts (sizes differing by at most one, the
     larger first), written as out_dir/forget-<i>.jsonl: JSON Lines rows kept as they are (text,
@@ -72,8 +78,7 @@ def split_forget(path: str, parts: int, out_dir: Path, data_cfg) -> list[Path]:
     the loader does."""
     from trainables.data import detect_format
 
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 2:
-        raise InputError(f"--split-forget: expected an integer >= 2, got {parts!r}")
+    check_split(parts)
     fmt = detect_format(path, data_cfg.format)
     if fmt not in ("jsonl", "text") or (fmt == "text" and data_cfg.format != "auto"):
         raise InputError(f"--split-forget: cuts a JSON Lines or text forget file (data.format auto or jsonl); "
@@ -375,8 +380,7 @@ def run_sequential(cfg: UnlearnConfig, output: str | Path, overwrite: bool = Fal
 
     files = forget_sets(cfg)
     if split is not None:
-        if isinstance(split, bool) or not isinstance(split, int) or split < 2:
-            raise InputError(f"--split-forget: expected an integer >= 2, got {split!r}")
+        check_split(split)
         if len(files) > 1:
             raise InputError(f"--split-forget: cuts one forget file; data.forget is a list of {len(files)}")
     elif len(files) < 2:
