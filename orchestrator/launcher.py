@@ -20,6 +20,10 @@ from trainables.errors import InputError, TrainingDiverged
 LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+# Without a dashboard there is no State API: silence what polls it (trainables/ray_hooks.py).
+LOCAL_WORKER_HOOK = "trainables.ray_hooks.quiet_local_ray"
+
+
 def keep_local_ray_on_loopback() -> None:
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault(LOOPBACK_FLAG, "0")
@@ -39,7 +43,8 @@ def ensure_ray(log=print, temp_dir: str | None = None, num_cpus: int | None = No
         log(f"joined the Ray cluster at {address}")
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1",
-                 _temp_dir=temp_dir or os.environ.get("UNDIAL_RAY_TMPDIR"))
+                 _temp_dir=temp_dir or os.environ.get("UNDIAL_RAY_TMPDIR"),
+                 runtime_env={"worker_process_setup_hook": LOCAL_WORKER_HOOK})
         node = ray.util.get_node_ip_address()
         where = "" if node == "127.0.0.1" else (f"; warning: its node address is {node} (ray was imported before "
                                                 f"{LOOPBACK_FLAG}=0 could be set)")

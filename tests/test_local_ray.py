@@ -1,7 +1,9 @@
 """The local Ray the tool starts: node address 127.0.0.1, every port on loopback, no dashboard
-(so no job server), and a client without the cluster's token is refused."""
+(so no job server), a client without the cluster's token is refused, and its workers run the
+setup hook that quiets what polls the absent State API."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,9 +19,16 @@ PROBE = textwrap.dedent("""
     from orchestrator.launcher import ensure_ray
     ensure_ray(log=lambda *a: None, temp_dir=sys.argv[1], num_cpus=1)
     import ray
+    from trainables.ray_hooks import PG_CLEANER_LOGGER
+
+    @ray.remote(num_cpus=0)
+    def cleaner_log_level():  # in a worker process: what the setup hook left
+        import logging
+        return logging.getLogger(PG_CLEANER_LOGGER).getEffectiveLevel()
+
     ctx = ray.get_runtime_context()
     print(json.dumps({"node": ray.nodes()[0]["NodeManagerAddress"], "gcs": ctx.gcs_address,
-                      "pid": os.getpid()}), flush=True)
+                      "pid": os.getpid(), "cleaner_level": ray.get(cleaner_log_level.remote())}), flush=True)
     sys.stdin.readline()  # hold the cluster until the test has looked
     ray.shutdown()
 """)
@@ -85,6 +94,9 @@ def test_local_ray_is_loopback_only_without_dashboard_and_refuses_a_wrong_token(
     try:
         info = json.loads(proc.stdout.readline())
         assert info["node"] == "127.0.0.1" and info["gcs"].startswith("127.0.0.1:")
+        # No dashboard, no State API: the hook silences Ray Train's placement-group cleaner,
+        # which would warn every few seconds that it cannot reach that API
+        assert info["cleaner_level"] == logging.ERROR
         ports = _listening(_descendants(info["pid"]))
         assert ports, "found none of Ray's listening sockets"
         assert all(addr == "127.0.0.1" for addr, _ in ports), ports
