@@ -75,7 +75,19 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
         raise InputError(f"{key}: '{name_or_path}' has no fast tokenizer; subsets need offset mappings")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Every set is right-padded (the metrics refuse left padding); a fast tokenizer saved after a
+    # left-padded call (generation) reloads with padding_side "left" from its tokenizer.json.
+    tokenizer.padding_side = "right"
     return tokenizer
+
+
+def clean_padding_state(tokenizer) -> None:
+    """Drop the padding a fast tokenizer's backend keeps from its last call, so that
+    save_pretrained does not write it into tokenizer.json (a left-padded generation call would
+    make the saved folder reload with padding_side "left")."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False,
