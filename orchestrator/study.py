@@ -318,7 +318,7 @@ def markdown_report(study: Mapping) -> str:
         text = f"- **{method}**: {len(wins)} of {len(mine)} learning rates reach the thresholds with held-out " \
                f"perplexity within 10%"
         if worst and orig.get("retain.ppl"):
-            text += f"; the highest held-out perplexity along training is {worst / orig['retain.ppl']:.2f}x the original"
+            text += f"; the highest held-out perplexity along training is {worst / orig['retain.ppl']:.3g}x the original"
         failed = [t for t in mine if t["status"] != "ok"]
         if failed:
             text += "; failed: " + ", ".join(f"lr {t['lr']:.3g} ({t.get('error') or t['status']})" for t in failed)
