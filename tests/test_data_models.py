@@ -9,7 +9,7 @@ from trainables.data import load_datasets, load_split
 from trainables.errors import InputError
 from trainables.methods import UnDIAL
 from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora, load_causal_lm,
-                               clean_padding_state, load_tokenizer, parameter_bytes)
+                               load_tokenizer, parameter_bytes)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,10 @@ def test_cached_teacher_matches_live_teacher_and_respects_its_cap(micro_assets):
 
 def test_a_tokenizer_saved_after_generation_reloads_right_padded(micro_assets, tmp_path):
     """Generation pads prompts on the left; a fast tokenizer remembers that in its backend and
-    save_pretrained writes it to tokenizer.json, so the folder used to reload with padding_side
-    "left" and the next job's data came out left-padded (a sequential request's second model)."""
+    save_pretrained writes it to tokenizer.json, so a result folder used to reload with
+    padding_side "left" and the next job's data came out left-padded (a sequential request's
+    second model). Generation now leaves no padding state; load_tokenizer pins right padding
+    for a folder saved that way elsewhere."""
     from transformers import AutoTokenizer
 
     from trainables.metrics import generate_continuations
@@ -151,12 +153,14 @@ def test_a_tokenizer_saved_after_generation_reloads_right_padded(micro_assets, t
     model = load_causal_lm(str(micro_assets / "model"))
     generate_continuations(model, tok, ["alpha beta gamma", "alpha"], max_new_tokens=2, do_sample=False)
     assert tok.padding_side == "right"
-    tok.save_pretrained(tmp_path / "raw")
-    assert AutoTokenizer.from_pretrained(tmp_path / "raw").padding_side == "left"  # the library's behaviour
-    reloaded = load_tokenizer(str(tmp_path / "raw"))  # fixed where the tool reads a tokenizer
+    tok.save_pretrained(tmp_path / "after_generation")
+    assert AutoTokenizer.from_pretrained(tmp_path / "after_generation").padding_side == "right"
+
+    tok.padding_side = "left"  # what generation used to leave behind
+    tok(["alpha beta", "alpha"], padding=True)
+    tok.save_pretrained(tmp_path / "left")
+    assert AutoTokenizer.from_pretrained(tmp_path / "left").padding_side == "left"  # the library's behaviour
+    reloaded = load_tokenizer(str(tmp_path / "left"))
     enc = reloaded(["alpha beta gamma delta", "alpha"], max_length=8, truncation=True, padding="max_length",
                    return_tensors="pt")
     assert reloaded.padding_side == "right" and enc["attention_mask"][1].tolist()[0] == 1
-    clean_padding_state(tok)  # and where it writes one (train_loop.save_model)
-    tok.save_pretrained(tmp_path / "clean")
-    assert AutoTokenizer.from_pretrained(tmp_path / "clean").padding_side == "right"

@@ -750,6 +750,11 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tok
                 outs += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old_side
+        # A fast tokenizer's backend keeps the last call's (left) padding, and save_pretrained
+        # writes it to tokenizer.json: the saved folder would reload with padding_side "left".
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
     return outs
 
 

@@ -81,15 +81,6 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
     return tokenizer
 
 
-def clean_padding_state(tokenizer) -> None:
-    """Drop the padding a fast tokenizer's backend keeps from its last call, so that
-    save_pretrained does not write it into tokenizer.json (a left-padded generation call would
-    make the saved folder reload with padding_side "left")."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        backend.no_padding()
-
-
 def load_causal_lm(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False,
                    revision: str | None = None, device: torch.device | str = "cpu",
                    allow_pickle_weights: bool = False, key: str = "model.name_or_path"):

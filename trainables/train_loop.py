@@ -33,7 +33,7 @@ from trainables.io import write_json
 from trainables.methods import build_method
 from trainables.evaluate import (Shard, evaluate_model, evaluate_original, load_result_model, retain_for,
                                  watch_from_report, watch_metrics)
-from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora, clean_padding_state,
+from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora,
                                configured_model, configured_tokenizer, count_parameters)
 from trainables.relearn import relearn_in_workers
 from trainables.strategies import make_strategy
@@ -591,7 +591,6 @@ def save_model(strategy: Strategy, tokenizer, model_dir: Path, ctx: WorkerContex
     if ctx.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
         strategy.inner.save_pretrained(model_dir, state_dict=full_state, safe_serialization=True)
-        clean_padding_state(tokenizer)
         tokenizer.save_pretrained(model_dir)
     ctx.barrier()
 
