@@ -4,9 +4,12 @@ each scored over several sampling seeds through the evaluation's own code path
 (trainables.evaluate.generation_quality: the human side featurised once and cached).
 
     python bench/mauve_stability.py [--demo-dir DIR] [--seeds 5] [--max-prompts 1000] [--buckets N]
+                                    [--model RESULT_DIR ...]
 
-Prints one row per model (mean, standard deviation over seeds, the gap to the original in
-standard deviations) for `mauve` and `mauve_star`, then one JSON line with every figure.
+--model adds saved models (an `undial unlearn` result's model/, a sweep trial's) scored the same
+way: an unlearned model's seed spread need not be the original's. Prints one row per model
+(mean, standard deviation over seeds, the gap to the original in standard deviations) for
+`mauve` and `mauve_star`, then one JSON line with every figure.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-prompts", type=int, default=1000)
     parser.add_argument("--buckets", type=int, default=None, help="k-means buckets (default: samples / 10)")
     parser.add_argument("--ppl-ratio", type=float, default=1.3)
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="a saved model folder to score as well (repeatable)")
     args = parser.parse_args(argv)
 
     import warnings
@@ -105,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     rows = {"original": scores(model, tokenizer, data.prompts, cfg.eval, seeds),
             f"noisy (ppl x{ratio:.2f})": scores(noisy, tokenizer, data.prompts, cfg.eval, seeds)}
+    base_ppl = heldout_ppl(model, data.heldout)
+    for i, path in enumerate(args.model, start=1):
+        other = load_result_model(path)
+        rows[f"model{i} (ppl x{heldout_ppl(other, data.heldout) / base_ppl:.2f})"] = scores(
+            other, tokenizer, data.prompts, cfg.eval, seeds)
     base = rows["original"]
     print(f"{'model':<22} {'metric':<11} {'mean':>7} {'sd':>7} {'gap/sd':>7}  samples")
     summary = {"ppl_ratio": ratio, "seeds": args.seeds, "max_prompts": args.max_prompts, "buckets": args.buckets}
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{name.split()[0]}.{metric}"] = {"values": got[metric], "mean": mean, "sd": sd, "gap_sd": gap}
         summary[f"{name.split()[0]}.seconds"] = statistics.median(got["seconds"])
     summary["samples"] = base["samples"]
+    summary["models"] = {f"model{i}": str(p) for i, p in enumerate(args.model, start=1)}
     print(json.dumps(summary))
     return 0
 

@@ -46,12 +46,19 @@ def test_overrides_parse_yaml_values():
     ("lora.enabled=yes please", "lora.enabled: expected true or false"),
     ("train=3", "train: expected a mapping"),
     ("badoverride", "expected key.sub=value"),
+    ("eval.mauve.draws=0", "eval.mauve.draws: expected an integer >= 1"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(InputError) as err:
         load_config(CONFIGS[0], [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_mauve_draws_need_sampling():
+    with pytest.raises(InputError, match="eval.mauve.draws: expected 1 with do_sample false"):
+        load_config(CONFIGS[0], ["eval.mauve.draws=3", "eval.mauve.do_sample=false"])
+    assert load_config(CONFIGS[0], ["eval.mauve.draws=3", "eval.mauve.do_sample=true"]).eval.mauve.draws == 3
 
 
 def test_missing_and_malformed_files(tmp_path):

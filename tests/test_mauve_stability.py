@@ -70,3 +70,26 @@ def test_the_degraded_copy_has_the_asked_perplexity(setup):
     assert ratio == pytest.approx(1.3, abs=0.03)
     assert heldout_ppl(noisy, data.heldout) / heldout_ppl(model, data.heldout) == pytest.approx(ratio)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), noisy.parameters()))
+
+
+def test_draws_average_independent_draws(setup):
+    """eval.mauve.draws: `mauve` is the mean of the draws, each the one-draw evaluation at its own
+    seed (seed + d * prompts), and `mauve_sd` their sample standard deviation."""
+    import dataclasses
+
+    from trainables.evaluate import generation_quality, split_passages
+
+    cfg, tokenizer, data, model = setup
+    mc = dataclasses.replace(cfg.eval.mauve, max_prompts=60)
+    one = dataclasses.replace(cfg.eval, mauve=mc)
+    three = dataclasses.replace(cfg.eval, mauve=dataclasses.replace(mc, draws=3))
+    n = len(split_passages(tokenizer, data.prompts[:60], mc.prompt_tokens, mc.new_tokens)[0])
+    singles = [generation_quality(model, tokenizer, data.prompts, one, seed=7 + d * n) for d in range(3)]
+    got = generation_quality(model, tokenizer, data.prompts, three, seed=7)
+    values = [s["mauve"] for s in singles]
+    assert got["mauve"] == pytest.approx(statistics.mean(values), abs=1e-12)
+    assert got["mauve_star"] == pytest.approx(statistics.mean(s["mauve_star"] for s in singles), abs=1e-12)
+    assert got["mauve_sd"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+    assert got["mauve_draws"] == 3 and got["mauve_samples"] == singles[0]["mauve_samples"]
+    assert len(set(values)) > 1  # the draws differ: each its own continuations
+    assert "mauve_sd" not in singles[0]

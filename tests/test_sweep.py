@@ -138,6 +138,8 @@ def test_define_by_run_samples_conditionals_only_when_active(micro_assets):
      "parameters.lora.alpha.when.lora.nope"),
     ({"objectives": [{"name": "el7", "mode": "min"}]}, "objectives[0]: el7 needs 7 in the base config's eval.el_n"),
     ({"objectives": [{"name": "happiness", "mode": "max"}]}, "objectives[0].name: unknown metric 'happiness'"),
+    ({"objectives": [{"name": "el3"}, {"name": "mauve_sd", "mode": "min"}]},
+     "objectives[1]: 'mauve_sd' needs eval.mauve.draws >= 2 in the base config"),
     ({"objectives": [{"name": "el3", "mode": "down"}]}, "objectives[0].mode"),
     ({"objectives": [{"name": "el3"}, {"name": "el3"}]}, "objectives[1].name: objective 'el3' given twice"),
     ({"constraints": ["retain_ppl_ratio ~ 1.1"]}, "constraints[0]: expected 'METRIC <= NUMBER'"),
@@ -157,6 +159,13 @@ def test_validation_names_the_key(micro_assets, change, message):
     with pytest.raises(InputError) as err:
         space_from_dict(raw)
     assert message in str(err.value), str(err.value)
+
+
+def test_mauve_sd_is_an_objective_with_draws(micro_assets):
+    raw = micro_space(micro_assets)
+    raw["base"]["eval"]["mauve"].update(draws=2, do_sample=True)
+    raw["objectives"] = [{"name": "el3", "mode": "min"}, {"name": "mauve_sd", "mode": "min"}]
+    assert [o.name for o in space_from_dict(raw).objectives][1] == "mauve_sd"
 
 
 def test_base_errors_name_the_base_key(micro_assets, tmp_path):

@@ -298,9 +298,15 @@ class MauveConfig:
     new_tokens: int = 24
     do_sample: bool = False
     num_buckets: int | None = None  # k-means buckets; None: the library's heuristic, samples / 10
+    # Independent sampling draws: `mauve` is their mean and `mauve_sd` their spread. On the demo
+    # one draw's sd is 0.014 for the original model but 0.04 for unlearned ones (docs/demo.md).
+    draws: int = 1
 
     def validate(self, path: str) -> None:
         check(self.max_prompts >= 2, f"{path}.max_prompts", "expected an integer >= 2", self.max_prompts)
+        check(self.draws >= 1, f"{path}.draws", "expected an integer >= 1", self.draws)
+        check(self.draws == 1 or self.do_sample, f"{path}.draws",
+              "expected 1 with do_sample false (greedy continuations are the same every draw)", self.draws)
         check(self.num_buckets is None or self.num_buckets >= 2, f"{path}.num_buckets",
                "expected an integer >= 2 (or null: samples / 10)", self.num_buckets)
         check(self.prompt_tokens >= 1, f"{path}.prompt_tokens", "expected an integer >= 1", self.prompt_tokens)

@@ -335,8 +335,10 @@ def split_passages(tokenizer, passages: list[str], prompt_tokens: int, new_token
 def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: int, shard: Shard | None = None,
                        device=None) -> dict:
     """MAUVE of the model's continuations vs the true ones (with its sample count), and rep-n.
-    Each rank generates and featurises its batches of prompts (batch at start s sampled with
-    seed + s); the features are gathered and MAUVE computed once."""
+    Each rank generates and featurises its batches of prompts (batch at start s of draw d sampled
+    with seed + d * prompts + s); the features are gathered and MAUVE computed once per draw.
+    With eval.mauve.draws > 1, `mauve` / `mauve_star` are the draws' mean, `mauve_sd` their
+    standard deviation, rep-n over every draw's continuations."""
     from trainables import metrics
 
     shard = shard or Shard.replicated()
@@ -347,22 +349,34 @@ def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: in
                          "tokens; lower eval.mauve.prompt_tokens / new_tokens")
     bs = eval_cfg.batch_size
     feat_device = str(device) if device is not None else None
-    idx, gens = [], []
-    for start in shard.batch_starts(len(prompts), bs):
-        batch = prompts[start:start + bs]
-        gens += metrics.generate_continuations(model, tokenizer, batch, max_new_tokens=mc.new_tokens,
-                                               do_sample=mc.do_sample, seed=seed + start, batch_size=len(batch))
-        idx += range(start, start + len(batch))
-    q_local = [t if t.strip() else " " for t in gens]  # an empty generation still counts as a sample
-    q_feat = (metrics.featurize(q_local, mc.featurizer, batch_size=bs, device=feat_device)
-              if idx else np.zeros((0, 0), np.float32))
-    all_gens = shard.gather(idx, gens)
-    q = np.stack(shard.gather(idx, list(q_feat)))
-    p = _human_features(truths, idx, mc.featurizer, bs, feat_device, shard)
-    result = metrics.mauve_from_features(p, q, seed=seed, num_buckets=mc.num_buckets or "auto")
-    return {"mauve": float(result["mauve"]), "mauve_star": float(result["mauve_star"]),
-            "mauve_samples": int(result["samples"]),
-            **{k: float(v) for k, v in metrics.repetition(all_gens).items()}}
+    starts = shard.batch_starts(len(prompts), bs)
+    idx = [i for start in starts for i in range(start, min(start + bs, len(prompts)))]
+    p = None
+    scores, stars, all_gens, samples = [], [], [], 0
+    for draw in range(mc.draws):
+        draw_seed = seed + draw * len(prompts)  # every (draw, batch) its own stream
+        gens = []
+        for start in starts:
+            batch = prompts[start:start + bs]
+            gens += metrics.generate_continuations(model, tokenizer, batch, max_new_tokens=mc.new_tokens,
+                                                   do_sample=mc.do_sample, seed=draw_seed + start,
+                                                   batch_size=len(batch))
+        q_local = [t if t.strip() else " " for t in gens]  # an empty generation still counts as a sample
+        q_feat = (metrics.featurize(q_local, mc.featurizer, batch_size=bs, device=feat_device)
+                  if idx else np.zeros((0, 0), np.float32))
+        all_gens += shard.gather(idx, gens)
+        q = np.stack(shard.gather(idx, list(q_feat)))
+        if p is None:
+            p = _human_features(truths, idx, mc.featurizer, bs, feat_device, shard)
+        result = metrics.mauve_from_features(p, q, seed=draw_seed, num_buckets=mc.num_buckets or "auto")
+        scores.append(float(result["mauve"]))
+        stars.append(float(result["mauve_star"]))
+        samples = int(result["samples"])
+    out = {"mauve": float(np.mean(scores)), "mauve_star": float(np.mean(stars)), "mauve_samples": samples,
+           **{k: float(v) for k, v in metrics.repetition(all_gens).items()}}
+    if mc.draws > 1:
+        out.update(mauve_sd=float(np.std(scores, ddof=1)), mauve_draws=mc.draws)
+    return out
 
 
 def _human_features(truths: list[str], idx: list[int], featurizer: str, batch_size: int, device,

@@ -54,6 +54,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("mauve_star", "max", **_UNIT, needs=("eval.mauve.enabled", "data.prompts"),
            description="the MAUVE library's smoothed variant (Pillutla et al., JMLR 2023)"),
     Metric("mauve_samples", "max", low=0.0, needs=("eval.mauve.enabled", "data.prompts")),
+    Metric("mauve_sd", "min", **_UNIT, needs=("eval.mauve.enabled", "data.prompts"),
+           description="standard deviation of MAUVE over eval.mauve.draws sampling draws (draws > 1)"),
     Metric("rep2", "min", **_UNIT, needs=("eval.mauve.enabled", "data.prompts")),
     Metric("rep3", "min", **_UNIT, needs=("eval.mauve.enabled", "data.prompts")),
     Metric("rep4", "min", **_UNIT, needs=("eval.mauve.enabled", "data.prompts")),
