@@ -255,6 +255,23 @@ def test_answer_scores_and_el_match_direct_loops(micro_assets, qa_files, tokeniz
             assert el[n][r] == pytest.approx(sum(overlaps) / len(overlaps))
 
 
+def test_watched_figures_score_answers_as_the_whole_evaluation(micro_assets, qa_files, tokenizer, model):
+    """The in-loop figures that select and stop (forget MA, EL_n) are the whole evaluation's
+    answer-only numbers, not the all-token ones (which score the question too)."""
+    from trainables import metrics
+    from trainables.data import load_datasets
+    from trainables.evaluate import Shard, evaluate_model, watch_from_report, watch_metrics
+
+    cfg = from_dict(UnlearnConfig, qa_config(micro_assets, qa_files, eval={
+        "el_n": [3], "prefix_stride": 4, "batch_size": 3, "mia": False, "mauve": {"enabled": False}}))
+    data = load_datasets(cfg.data, tokenizer, need_retain=False)
+    report = evaluate_model(model, tokenizer, data, cfg.eval, seed=0, log=lambda *a: None)
+    watched = watch_metrics(model, data, cfg.eval, Shard(), 3)
+    assert watched == pytest.approx(watch_from_report(report, 3), abs=1e-12)
+    all_tokens = metrics.memorization_accuracy_per_sequence(model, data.forget.input_ids, data.forget.attention_mask)
+    assert watched["forget.ma"] != pytest.approx(float(all_tokens.mean()), abs=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # End to end
 

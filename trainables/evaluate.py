@@ -410,7 +410,14 @@ def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, e
     forget = data.forget
     idx = shard.indices(len(forget), bs)
     ids, mask = forget.input_ids[idx], forget.attention_mask[idx]
-    ma = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=bs).tolist() if idx else []
+    answers = getattr(forget, "answer_mask", None)
+    if answers is not None:  # Q&A: answer tokens only, as the whole evaluation scores them
+        from trainables import qa
+
+        answers = answers[idx]
+        ma = qa.answer_sequence_scores(model, ids, mask, answers, batch_size=bs)["ma"].tolist() if idx else []
+    else:
+        ma = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=bs).tolist() if idx else []
     out = {"forget.ma": _nanmean(shard.gather(idx, ma))}
     if data.heldout is not None:
         hidx = shard.indices(len(data.heldout), bs)
@@ -419,8 +426,15 @@ def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, e
         out["retain.ppl"] = metrics.perplexity_from(np.asarray(shard.gather(hidx, list(nll))),
                                                     np.asarray(shard.gather(hidx, list(tokens))))
     if el_n is not None:
-        el = (metrics.extraction_likelihood_per_sequence(model, ids, el_n, mask, prefix_stride=eval_cfg.prefix_stride,
-                                                         batch_size=bs) if idx else [])
+        if not idx:
+            el = []
+        elif answers is not None:
+            rows = None if forget.rows is None else [forget.rows[i] for i in idx]
+            el = qa.answer_extraction_likelihood(model, ids, mask, answers, [el_n], eval_cfg.prefix_stride, bs,
+                                                 False, rows=rows)[el_n]
+        else:
+            el = metrics.extraction_likelihood_per_sequence(model, ids, el_n, mask,
+                                                            prefix_stride=eval_cfg.prefix_stride, batch_size=bs)
         out[f"forget.el{el_n}"] = float(np.mean(shard.gather(idx, [float(v) for v in el])))
     model.train(was_training)
     return out
