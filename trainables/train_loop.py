@@ -422,6 +422,18 @@ def watched_figures(strategy: Strategy, tokenizer, data, cfg, shard: Shard, el_w
     return watch_metrics(model, data, cfg.eval, shard, el_watch)
 
 
+def final_evaluation(strategy: Strategy, tokenizer, data, cfg, original: dict | None, shard: Shard,
+                     ctx: WorkerContext, log) -> dict:
+    """The whole evaluation of the model as it is now, on every rank (with eval.retain_model the
+    privacy figures against it, with eval.relearn the relearning attack)."""
+    log("evaluating the unlearned model ...")
+    retain = retain_for(cfg, original, tokenizer, data, shard, ctx.device, log)  # None without eval.retain_model
+    report = evaluate_model(strategy.eval_model, tokenizer, data, cfg.eval, seed=cfg.train.seed, shard=shard,
+                            device=ctx.device, log=log, retain=retain)
+    report.update(relearn_in_workers(strategy.eval_model, tokenizer, data, cfg, ctx, strategy))
+    return report
+
+
 def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, reporter: LocalReporter | None = None,
                    log=print, job: Job | None = None) -> dict:
     """Setup, (evaluate the original,) train, (evaluate the selected model,) save. Returns
@@ -479,6 +491,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     t0 = time.perf_counter()
     timings["setup_s"] = t0 - t_setup - timings.get("original_eval_s", 0.0)
     timings.update(watch_eval_s=0.0, steps_s=0.0, checkpoint_s=0.0)
+    final_report, final_report_step = None, None
     while state.step < steps and state.stopped is None:
         if fail_at is not None and state.step == fail_at:
             # Ray Train's controller collects a rank's report when its poll (every 2 s) takes it off
@@ -507,8 +520,18 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         evaluated = state.step % tc.eval_every == 0 or state.step == steps
         if evaluated:
             t_eval = time.perf_counter()
-            evaluation = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device)
-            timings["watch_eval_s"] += time.perf_counter() - t_eval
+            if job.evaluate_final and state.step == steps:
+                # The last step's model is the final one unless an earlier step is kept: its whole
+                # evaluation is this eval step's figures too, not a second pass over the same model.
+                final_report = final_evaluation(strategy, tokenizer, data, cfg, original, shard, ctx, log)
+                final_report_step = state.step
+                timings["final_eval_s"] = time.perf_counter() - t_eval
+                evaluation = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device,
+                                             final_report)
+                strategy.module.train()
+            else:
+                evaluation = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device)
+                timings["watch_eval_s"] += time.perf_counter() - t_eval
             metrics.update(evaluation)
             state.history.append({"step": state.step, "loss": step_loss, **evaluation})
             score = selection_score(evaluation, state.original, tc)
@@ -537,16 +560,15 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
             strategy.load_trainable_state(_initial_trainable_state(cfg, strategy))
         log(f"selected step {state.best_step} (rule: lowest forget MA with held-out ppl <= "
             f"{tc.max_ppl_factor} x original)")
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 - timings.get("final_eval_s", 0.0)
     evaluation = {"original": original} if job.evaluate_original else {}
-    if job.evaluate_final:
-        log("evaluating the unlearned model ...")
+    kept = state.best_step if tc.select == "best" else state.step
+    if final_report is not None and kept == final_report_step:
+        evaluation["unlearned"] = final_report  # the kept model is the one evaluated at the last step
+    elif job.evaluate_final:
         t_eval = time.perf_counter()
-        retain = retain_for(cfg, original, tokenizer, data, shard, ctx.device, log)  # None without eval.retain_model
-        evaluation["unlearned"] = evaluate_model(strategy.eval_model, tokenizer, data, cfg.eval, seed=tc.seed,
-                                                 shard=shard, device=ctx.device, log=log, retain=retain)
-        evaluation["unlearned"].update(relearn_in_workers(strategy.eval_model, tokenizer, data, cfg, ctx, strategy))
-        timings["final_eval_s"] = time.perf_counter() - t_eval
+        evaluation["unlearned"] = final_evaluation(strategy, tokenizer, data, cfg, original, shard, ctx, log)
+        timings["final_eval_s"] = timings.get("final_eval_s", 0.0) + time.perf_counter() - t_eval
     model_dir = None
     if output_dir is not None:
         model_dir = Path(output_dir)

@@ -1,0 +1,48 @@
+"""The final evaluation is not run twice over one model: when training ends on an eval step and
+that step is the one kept, its whole evaluation is both the step's watched figures and the
+final report; when an earlier step is kept, the kept model is evaluated again."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import micro_config
+from trainables.config import UnlearnConfig, from_dict
+
+
+def _run(micro_assets, monkeypatch, last_score: float):
+    import trainables.train_loop as loop
+    from trainables.distributed import WorkerContext
+    from trainables.evaluate import evaluate_model
+
+    # Steps 0, 2, 4 are scored in turn; the last step is kept when its score is the lowest.
+    scores = iter([1.0, 0.5, last_score])
+    monkeypatch.setattr(loop, "selection_score", lambda *a: next(scores))
+    calls: list[int] = []
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: calls.append(1) or evaluate_model(*a, **k))
+    watched: list[int] = []
+    real_watch = loop.watch_metrics
+    monkeypatch.setattr(loop, "watch_metrics", lambda *a, **k: watched.append(1) or real_watch(*a, **k))
+    cfg = from_dict(UnlearnConfig, micro_config(micro_assets, train={"max_steps": 4, "eval_every": 2}))
+    result = loop.run_unlearning(cfg, WorkerContext.setup(False), None, log=lambda *a, **k: None,
+                                 job=loop.Job(evaluate_original=True, evaluate_final=True))
+    return cfg, result, len(calls), len(watched)  # the original is evaluated by evaluate_original
+
+
+def test_the_kept_last_step_is_evaluated_once(micro_assets, monkeypatch):
+    from trainables.evaluate import watch_from_report
+
+    _, result, finals, watches = _run(micro_assets, monkeypatch, last_score=0.1)
+    assert result["best_step"] == 4 and finals == 1 and watches == 1  # step 2 watched; step 4 evaluated
+    after = result["evaluation"]["unlearned"]
+    assert result["history"][-1] == {"step": 4, "loss": result["history"][-1]["loss"], **watch_from_report(after)}
+    assert result["timings"]["final_eval_s"] > 0 and result["timings"]["watch_eval_s"] > 0
+
+
+def test_an_earlier_kept_step_is_evaluated_again(micro_assets, monkeypatch):
+    _, result, finals, _ = _run(micro_assets, monkeypatch, last_score=0.9)
+    assert result["best_step"] == 2 and finals == 2  # the last step's model, then the kept one
+    after = result["evaluation"]["unlearned"]
+    step2 = next(h for h in result["history"] if h["step"] == 2)
+    assert after["forget"]["ma"] == pytest.approx(step2["forget.ma"], abs=1e-12)
+    assert after["retain"]["ppl"] == pytest.approx(step2["retain.ppl"], rel=1e-9)
