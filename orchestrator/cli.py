@@ -137,8 +137,26 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# Where each command collects its trailing positionals (CONFIG.yaml | key=value ...).
+_POSITIONALS = ("args", "overrides")
+
+
+def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse takes a `nargs="*"` positional in one run: `undial eval CONFIG.yaml --model M
+    key=value` would leave key=value unrecognised. Overrides after an option join the
+    command's positionals, in order; an unknown option is still refused by argparse (exit 2)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    dest = next((d for d in _POSITIONALS if isinstance(getattr(args, d, None), list)), None)
+    if extra and (dest is None or any(a.startswith("-") for a in extra)):
+        parser.parse_args(argv)  # argparse's own one-line error
+    if extra:
+        getattr(args, dest).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_cli(argv)
     from orchestrator.launcher import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback()  # before anything imports ray

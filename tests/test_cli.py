@@ -109,3 +109,15 @@ def test_eval_command_and_real_process_exit_code(micro_assets, tmp_path, capsys)
                            "--output", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "train.lrr: unknown key" in proc.stderr
+
+
+def test_overrides_after_an_option_join_the_positionals(capsys):
+    from orchestrator.cli import parse_cli
+
+    args = parse_cli(["eval", "cfg.yaml", "--model", "m", "eval.mauve.draws=4", "--output", "o", "eval.el_n=[3]"])
+    assert args.args == ["cfg.yaml", "eval.mauve.draws=4", "eval.el_n=[3]"] and args.model == "m"
+    assert parse_cli(["unlearn", "--output", "o", "cfg.yaml", "train.lr=1e-4"]).args == ["cfg.yaml", "train.lr=1e-4"]
+    assert parse_cli(["plan", "c.yaml", "--workers", "2", "train.batch_size=8"]).overrides == ["train.batch_size=8"]
+    with pytest.raises(SystemExit) as err:
+        parse_cli(["eval", "cfg.yaml", "--model", "m", "--output", "o", "--nope", "x=1"])
+    assert err.value.code == 2 and "unrecognized arguments: --nope" in capsys.readouterr().err
