@@ -43,7 +43,8 @@ def check_measurable(metric: Metric, key: str, base: Mapping, sampled: set[str])
         if attack.group(1) not in measured:
             raise InputError(f"{key}: '{metric.name}' needs {attack.group(1)} in the base config's "
                              f"eval.mia_attacks (now measured: {', '.join(measured)})")
-    if metric.name == "mauve_sd" and "eval.mauve.draws" not in sampled and (get_path(base, "eval.mauve.draws") or 1) < 2:
+    draws = get_path(base, "eval.mauve.draws") or 1
+    if metric.name == "mauve_sd" and "eval.mauve.draws" not in sampled and draws < 2:
         raise InputError(f"{key}: 'mauve_sd' needs eval.mauve.draws >= 2 in the base config")
     missing = [k for k in metric.needs if not get_path(base, k)]
     if missing:

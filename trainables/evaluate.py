@@ -115,22 +115,33 @@ def _sequence_stats(model, tset, eval_cfg, idx: list[int], progress: bool) -> di
     ids, mask = tset.input_ids[idx], tset.attention_mask[idx]
     private = (char_spans_to_token_mask(tset.offsets[idx], mask, [[s[:2] for s in tset.spans[i]] for i in idx])
                if has_spans else None)
-    if getattr(tset, "answer_mask", None) is not None:  # Q&A: answer tokens only, EL prompted with the question
+    if getattr(tset, "answer_mask", None) is not None:  # Q&A: answer tokens only
         from trainables import qa
 
-        answers, rows = tset.answer_mask[idx], None if tset.rows is None else [tset.rows[i] for i in idx]
-        scores = qa.answer_sequence_scores(model, ids, mask, answers, position_mask=private, batch_size=bs)
-        el = qa.answer_extraction_likelihood(model, ids, mask, answers, list(eval_cfg.el_n), eval_cfg.prefix_stride,
-                                             bs, progress, rows=rows)
+        scores = qa.answer_sequence_scores(model, ids, mask, tset.answer_mask[idx], position_mask=private,
+                                           batch_size=bs)
     else:
         scores = metrics.sequence_scores(model, ids, mask, position_mask=private, batch_size=bs)
-        el = metrics.extraction_likelihood_per_sequence(model, ids, list(eval_cfg.el_n), mask,
-                                                        prefix_stride=eval_cfg.prefix_stride, batch_size=bs,
-                                                        progress=progress)
     out.update({name: scores[name].tolist() for name in names})
-    for n, values in el.items():
+    for n, values in _extraction_likelihood(model, tset, idx, list(eval_cfg.el_n), eval_cfg, progress).items():
         out[f"el{n}"] = [float(v) for v in values]
     return out
+
+
+def _extraction_likelihood(model, tset, idx: list[int], el_n: list[int], eval_cfg, progress: bool = False) -> dict:
+    """Per-sequence EL_n of the sequences `idx` of one set, {n: values}; a Q&A set on its answer
+    tokens, prompted with the question."""
+    from trainables import metrics
+
+    ids, mask = tset.input_ids[idx], tset.attention_mask[idx]
+    if getattr(tset, "answer_mask", None) is not None:
+        from trainables import qa
+
+        rows = None if tset.rows is None else [tset.rows[i] for i in idx]
+        return qa.answer_extraction_likelihood(model, ids, mask, tset.answer_mask[idx], el_n, eval_cfg.prefix_stride,
+                                               eval_cfg.batch_size, progress, rows=rows)
+    return metrics.extraction_likelihood_per_sequence(model, ids, el_n, mask, prefix_stride=eval_cfg.prefix_stride,
+                                                      batch_size=eval_cfg.batch_size, progress=progress)
 
 
 def _covered_texts(tset, idx: list[int]) -> list[str] | None:
@@ -410,12 +421,11 @@ def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, e
     forget = data.forget
     idx = shard.indices(len(forget), bs)
     ids, mask = forget.input_ids[idx], forget.attention_mask[idx]
-    answers = getattr(forget, "answer_mask", None)
-    if answers is not None:  # Q&A: answer tokens only, as the whole evaluation scores them
+    if getattr(forget, "answer_mask", None) is not None:  # Q&A: answer tokens only, as the whole evaluation
         from trainables import qa
 
-        answers = answers[idx]
-        ma = qa.answer_sequence_scores(model, ids, mask, answers, batch_size=bs)["ma"].tolist() if idx else []
+        ma = (qa.answer_sequence_scores(model, ids, mask, forget.answer_mask[idx], batch_size=bs)["ma"].tolist()
+              if idx else [])
     else:
         ma = metrics.memorization_accuracy_per_sequence(model, ids, mask, batch_size=bs).tolist() if idx else []
     out = {"forget.ma": _nanmean(shard.gather(idx, ma))}
@@ -426,15 +436,7 @@ def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, e
         out["retain.ppl"] = metrics.perplexity_from(np.asarray(shard.gather(hidx, list(nll))),
                                                     np.asarray(shard.gather(hidx, list(tokens))))
     if el_n is not None:
-        if not idx:
-            el = []
-        elif answers is not None:
-            rows = None if forget.rows is None else [forget.rows[i] for i in idx]
-            el = qa.answer_extraction_likelihood(model, ids, mask, answers, [el_n], eval_cfg.prefix_stride, bs,
-                                                 False, rows=rows)[el_n]
-        else:
-            el = metrics.extraction_likelihood_per_sequence(model, ids, el_n, mask,
-                                                            prefix_stride=eval_cfg.prefix_stride, batch_size=bs)
+        el = _extraction_likelihood(model, forget, idx, [el_n], eval_cfg)[el_n] if idx else []
         out[f"forget.el{el_n}"] = float(np.mean(shard.gather(idx, [float(v) for v in el])))
     model.train(was_training)
     return out
