@@ -1,6 +1,7 @@
 """The final evaluation is not run twice over one model: when training ends on an eval step and
 that step is the one kept, its whole evaluation is both the step's watched figures and the
-final report; when an earlier step is kept, the kept model is evaluated again."""
+final report; when an earlier step is kept, the kept model is evaluated again; when step 0 (the
+original weights) is kept, the original's evaluation is the final report."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from conftest import micro_config
 from trainables.config import UnlearnConfig, from_dict
 
 
-def _run(micro_assets, monkeypatch, last_score: float):
+def _run(micro_assets, monkeypatch, last_score: float, middle_score: float = 0.5):
     import trainables.train_loop as loop
     from trainables.distributed import WorkerContext
     from trainables.evaluate import evaluate_model
 
     # Steps 0, 2, 4 are scored in turn; the last step is kept when its score is the lowest.
-    scores = iter([1.0, 0.5, last_score])
+    scores = iter([1.0, middle_score, last_score])
     monkeypatch.setattr(loop, "selection_score", lambda *a: next(scores))
     calls: list[int] = []
     monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: calls.append(1) or evaluate_model(*a, **k))
@@ -46,3 +47,32 @@ def test_an_earlier_kept_step_is_evaluated_again(micro_assets, monkeypatch):
     step2 = next(h for h in result["history"] if h["step"] == 2)
     assert after["forget"]["ma"] == pytest.approx(step2["forget.ma"], abs=1e-12)
     assert after["retain"]["ppl"] == pytest.approx(step2["retain.ppl"], rel=1e-9)
+
+
+def test_a_kept_step_0_reports_the_originals_evaluation(micro_assets, monkeypatch):
+    """No step beats the original: the kept model is the original weights, whose evaluation (this
+    run's, with the same settings) is the final report, not a second pass over the same model."""
+    from trainables.evaluate import evaluation_key
+
+    cfg, result, finals, _ = _run(micro_assets, monkeypatch, last_score=1.5, middle_score=1.5)
+    assert result["best_step"] == 0 and finals == 1  # the last step's model only
+    original, after = result["evaluation"]["original"], result["evaluation"]["unlearned"]
+    assert original["evaluation_key"] == evaluation_key(cfg, cfg.train.seed)
+    assert after == {k: v for k, v in original.items() if k != "evaluation_key"}
+    assert after["forget"]["ma"] == result["history"][0]["forget.ma"]
+
+
+def test_an_original_measured_otherwise_is_not_reused(micro_assets, monkeypatch):
+    """A sweep's original is evaluated once with the base config; a trial that changes an eval
+    setting (or the seed its MAUVE samples with) evaluates its kept step 0 itself."""
+    import trainables.train_loop as loop
+    from trainables.evaluate import evaluate_original
+
+    real = evaluate_original
+    monkeypatch.setattr(loop, "evaluate_original",
+                        lambda *a, **k: {**real(*a, **k), "evaluation_key": "other settings"})
+    _, result, finals, _ = _run(micro_assets, monkeypatch, last_score=1.5, middle_score=1.5)
+    assert result["best_step"] == 0 and finals == 2  # the last step's model, then the original weights
+    original, after = result["evaluation"]["original"], result["evaluation"]["unlearned"]
+    assert after["forget"]["ma"] == pytest.approx(original["forget"]["ma"], abs=1e-12)
+    assert after["retain"]["ppl"] == pytest.approx(original["retain"]["ppl"], rel=1e-9)

@@ -215,6 +215,34 @@ def test_watch_full_records_the_whole_evaluation_and_restores_train_mode(micro_a
                            report={"forget": {"ma": 0.5}, "note": "x"}) == {"forget.ma": 0.5}
 
 
+def test_the_light_watch_measures_el_once_forget_ma_is_under_its_threshold(micro_assets):
+    """The stopping rule needs forget MA and EL_n both under the unseen thresholds: while MA is
+    above its threshold the watch skips EL_n's generations; below it, EL_n is the same figure."""
+    from types import SimpleNamespace
+
+    from trainables.data import load_datasets
+    from trainables.evaluate import Shard, watch_metrics
+    from trainables.models import configured_model, configured_tokenizer
+    from trainables.train_loop import should_stop, watched_figures
+
+    plain = study_config(micro_assets)
+    plain["eval"].update(prefix_stride=40)
+    plain["train"].update(stop_when="threshold")
+    cfg = from_dict(UnlearnConfig, plain)
+    tokenizer = configured_tokenizer(cfg.model)
+    data = load_datasets(cfg.data, tokenizer, need_retain=False)
+    model = configured_model(cfg.model)
+    strategy = SimpleNamespace(eval_model=model)
+    every = watch_metrics(model, data, cfg.eval, Shard(), 3)
+    ma = every["forget.ma"]
+    above = watched_figures(strategy, tokenizer, data, cfg, Shard(), 3, "cpu", thresholds={"ma": ma, "el3": 1.0})
+    assert above == {k: v for k, v in every.items() if k != "forget.el3"}  # MA not under: no EL
+    assert should_stop(above, every, {"ma": ma, "el3": 1.0}, cfg) is None
+    below = watched_figures(strategy, tokenizer, data, cfg, Shard(), 3, "cpu", thresholds={"ma": ma + 1e-6, "el3": 1.0})
+    assert below == every
+    assert "thresholds" in should_stop(below, every, {"ma": ma + 1e-6, "el3": every["forget.el3"] + 1e-6}, cfg)
+
+
 # --------------------------------------------------------------------------------------------
 # End to end: 2 methods x 2 lrs through Ray, MLflow read back
 

@@ -305,13 +305,41 @@ def evaluate_original(model, tokenizer, data: DataSets, cfg, seed: int = 0, shar
                       device=None, log=print) -> dict:
     """The original model's report (a run's or a sweep's "before"): with eval.retain_model, the
     retain model is evaluated first (once) and its section travels in the report as
-    "retain_model", for the original's and every later evaluation's privacy figures."""
+    "retain_model", for the original's and every later evaluation's privacy figures; its
+    "evaluation_key" says which settings produced it (`evaluation_key`)."""
     retain = retain_report(cfg.model, cfg.eval, tokenizer, data, shard, device, log)
     report = evaluate_model(model, tokenizer, data, cfg.eval, seed=seed, shard=shard, device=device, log=log,
                             retain=retain)
     if retain is not None:
         report["retain_model"] = retain
+    report["evaluation_key"] = evaluation_key(cfg, seed)
     return report
+
+
+# What the original's report holds beside the figures a final evaluation reports.
+_ORIGINAL_ONLY = ("retain_model", "relearn_retain", "evaluation_key")
+
+
+def evaluation_key(cfg, seed: int) -> str:
+    """A digest of what a model's whole evaluation depends on besides its weights: the model,
+    data, eval and scaling sections and the sampling seed. Equal weights and equal keys give
+    the same report."""
+    import hashlib
+    import json
+
+    plain = cfg.to_dict()
+    parts = {name: plain[name] for name in ("model", "data", "eval", "scaling")}
+    return hashlib.sha256(json.dumps({**parts, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def original_as_final(original: dict | None, cfg, seed: int) -> dict | None:
+    """The final report of a run that kept step 0 (the original weights): the original's own
+    report, when it was measured as this run would measure (the same `evaluation_key`: a sweep's
+    original is evaluated once with the base config, a trial may change eval settings) and no
+    relearning attack is asked for (it trains a copy the way this run's settings say); else None."""
+    if not original or original.get("evaluation_key") != evaluation_key(cfg, seed) or cfg.eval.relearn.enabled:
+        return None
+    return {k: v for k, v in original.items() if k not in _ORIGINAL_ONLY}
 
 
 def retain_for(cfg, original: dict | None, tokenizer, data: DataSets, shard: Shard | None = None, device=None,
@@ -409,9 +437,13 @@ def _human_features(truths: list[str], idx: list[int], featurizer: str, batch_si
 
 
 @torch.no_grad()
-def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, el_n: int | None = None) -> dict:
+def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, el_n: int | None = None,
+                  el_when_ma_below: float | None = None) -> dict:
     """What the training loop watches every k steps: forget MA and held-out perplexity (and
-    forget EL_n for the threshold stopping rule), named as in the full report."""
+    forget EL_n for the threshold stopping rule), named as in the full report. With
+    `el_when_ma_below`, EL_n only when forget MA is already below it: the stopping rule needs
+    both under their thresholds, and on a model that has begun to forget EL_n's greedy
+    generations cost about twice MA and perplexity together."""
     from trainables import metrics
 
     shard = shard or Shard.replicated()
@@ -435,7 +467,7 @@ def watch_metrics(model, data: DataSets, eval_cfg, shard: Shard | None = None, e
                                             batch_size=bs) if hidx else ([], []))
         out["retain.ppl"] = metrics.perplexity_from(np.asarray(shard.gather(hidx, list(nll))),
                                                     np.asarray(shard.gather(hidx, list(tokens))))
-    if el_n is not None:
+    if el_n is not None and (el_when_ma_below is None or out["forget.ma"] < el_when_ma_below):
         el = _extraction_likelihood(model, forget, idx, [el_n], eval_cfg)[el_n] if idx else []
         out[f"forget.el{el_n}"] = float(np.mean(shard.gather(idx, [float(v) for v in el])))
     model.train(was_training)

@@ -118,9 +118,11 @@ def _vocab_size(hf_config) -> int | None:
 
 
 def _check_batches(cfg) -> None:
-    from trainables.train_loop import make_batch_plan
+    from trainables.train_loop import make_batch_plan, make_retain_plan
 
-    make_batch_plan(1, cfg.train, cfg.scaling.num_workers, 0)  # the loop's own rule and message
+    plan = make_batch_plan(1, cfg.train, cfg.scaling.num_workers, 0)  # the loop's own rules and messages
+    if cfg.method.uses_retain():
+        make_retain_plan(1, cfg.train, plan)
     if cfg.scaling.strategy == "deepspeed":
         from trainables.zero import build_deepspeed_config
 

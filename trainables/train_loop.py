@@ -31,8 +31,8 @@ from trainables.distributed import Strategy, WorkerContext
 from trainables.errors import InputError, TrainingDiverged
 from trainables.io import write_json
 from trainables.methods import build_method
-from trainables.evaluate import (Shard, evaluate_model, evaluate_original, load_result_model, retain_for,
-                                 watch_from_report, watch_metrics)
+from trainables.evaluate import (Shard, evaluate_model, evaluate_original, load_result_model, original_as_final,
+                                 retain_for, watch_from_report, watch_metrics)
 from trainables.models import (AdapterOffTeacher, CachedTeacher, FrozenCopyTeacher, apply_lora,
                                configured_model, configured_tokenizer, count_parameters)
 from trainables.relearn import relearn_in_workers
@@ -86,6 +86,19 @@ def make_batch_plan(num_examples: int, train_cfg, world_size: int, rank: int, se
         raise InputError(f"train.batch_size: {train_cfg.batch_size} is not a multiple of micro_batch_size "
                          f"({micro}) x workers ({world_size})")
     return BatchPlan(num_examples, train_cfg.batch_size, micro, world_size, rank, train_cfg.seed + seed_offset)
+
+
+def make_retain_plan(num_examples: int, train_cfg, forget_plan: BatchPlan) -> BatchPlan:
+    """The retain batches beside the forget ones: train.retain_batch_size sequences a step
+    (default batch_size), cut into as many micro-batches per rank as the forget batch, each
+    forget micro-batch's forward paired with one retain micro-batch."""
+    size = train_cfg.retain_batch_size or train_cfg.batch_size
+    parts = forget_plan.world_size * forget_plan.grad_accum
+    if size % parts:
+        raise InputError(f"train.retain_batch_size: {size} is not a multiple of the forget batch's micro-batches "
+                         f"({parts} = workers x gradient accumulation)")
+    return BatchPlan(num_examples, size, size // parts, forget_plan.world_size, forget_plan.rank,
+                     train_cfg.seed + 1)
 
 
 def total_steps(train_cfg, num_examples: int) -> int:
@@ -256,11 +269,23 @@ def selection_score(metrics: dict, original: dict, train_cfg) -> float:
     return metrics["forget.ma"]
 
 
-def should_stop(metrics: dict, original: dict, thresholds: dict | None, cfg) -> str | None:
+def forget_progress(metrics: dict, original: dict, thresholds: dict) -> float:
+    """How far forget MA has come from the original's toward the unseen set's: 0 at the
+    original, 1 at the threshold (1 when the original is already at or under it)."""
+    gap = original["forget.ma"] - thresholds["ma"]
+    return (original["forget.ma"] - metrics["forget.ma"]) / gap if gap > 0 else 1.0
+
+
+def should_stop(metrics: dict, original: dict, thresholds: dict | None, cfg, step: int = 0) -> str | None:
     tc = cfg.train
     if tc.stop_ppl_factor is not None and "retain.ppl" in metrics:
         if not metrics["retain.ppl"] <= tc.stop_ppl_factor * original["retain.ppl"]:
             return f"held-out perplexity rose past {tc.stop_ppl_factor} x the original"
+    if tc.stop_min_progress is not None and thresholds is not None and step >= tc.stop_progress_step:
+        progress = forget_progress(metrics, original, thresholds)
+        if progress < tc.stop_min_progress:
+            return (f"forget MA came {progress:.0%} of the way to the unseen set's by step {step} "
+                    f"(train.stop_min_progress {tc.stop_min_progress:g})")
     if tc.stop_when == "threshold" and thresholds is not None:
         n = cfg.eval.el_n[0]
         if metrics["forget.ma"] < thresholds["ma"] and metrics[f"forget.el{n}"] < thresholds[f"el{n}"]:
@@ -336,7 +361,7 @@ def setup_run(cfg, ctx: WorkerContext, log=print) -> Run:
     weights = build_weights(cfg.method.subset, forget, model, cfg, tokenizer, log)
     steps = total_steps(tc, len(forget))
     plan = make_batch_plan(len(forget), tc, ctx.world_size, ctx.rank)
-    retain_plan = make_batch_plan(len(data.retain), tc, ctx.world_size, ctx.rank, 1) if data.retain else None
+    retain_plan = make_retain_plan(len(data.retain), tc, plan) if data.retain else None
 
     teacher = None
     if method.needs_teacher and cfg.method.teacher == "cached":
@@ -406,9 +431,10 @@ def train_step(run: Run, step: int, cfg, ctx: WorkerContext, log=print) -> tuple
 
 
 def watched_figures(strategy: Strategy, tokenizer, data, cfg, shard: Shard, el_watch: int | None, device,
-                    report: dict | None = None) -> dict:
-    """What an eval step records (flat report paths): train.watch "light" the watched figures,
-    "full" the whole evaluation (EL_n, MIA AUC, MAUVE, ...); from `report` where it is at hand."""
+                    report: dict | None = None, thresholds: dict | None = None) -> dict:
+    """What an eval step records (flat report paths): train.watch "light" the watched figures
+    (forget EL_n once forget MA is under its threshold), "full" the whole evaluation (EL_n, MIA
+    AUC, MAUVE, ...); from `report` where it is at hand."""
     model = strategy.eval_model
     if cfg.train.watch == "full":
         if report is None:
@@ -419,7 +445,7 @@ def watched_figures(strategy: Strategy, tokenizer, data, cfg, shard: Shard, el_w
         return numeric(report)
     if report is not None:
         return watch_from_report(report, el_watch)
-    return watch_metrics(model, data, cfg.eval, shard, el_watch)
+    return watch_metrics(model, data, cfg.eval, shard, el_watch, (thresholds or {}).get("ma"))
 
 
 def final_evaluation(strategy: Strategy, tokenizer, data, cfg, original: dict | None, shard: Shard,
@@ -458,7 +484,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         log(f"resumed from {restore} at step {state.step}")
     shard = evaluation_shard(cfg, ctx)
     original = job.original or state.original_report
-    wants_thresholds = tc.stop_when == "threshold" and data.unseen is not None
+    wants_thresholds = (tc.stop_when == "threshold" or tc.stop_min_progress is not None) and data.unseen is not None
     if original is None and (job.evaluate_original or wants_thresholds):
         log("evaluating the original model ...")
         t_eval = time.perf_counter()
@@ -471,7 +497,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     if wants_thresholds:
         thresholds = thresholds_from(original, cfg)
         log(f"thresholds (unseen set): {thresholds}")
-    el_watch = cfg.eval.el_n[0] if thresholds is not None else None
+    el_watch = cfg.eval.el_n[0] if thresholds is not None and tc.stop_when == "threshold" else None
     if state.original is None:
         # The original's whole evaluation (this run's or the sweep's) already holds these figures.
         state.original = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device, original)
@@ -494,8 +520,9 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     final_report, final_report_step = None, None
     while state.step < steps and state.stopped is None:
         if fail_at is not None and state.step == fail_at:
-            # Ray Train's controller collects a rank's report when its poll (every 2 s) takes it off
-            # the rank's one-slot queue: one more report waits until the previous one was taken;
+            # Ray Train's controller collects a rank's report when its poll (every
+            # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S) takes it off the rank's one-slot queue: one more
+            # report waits until the previous one was taken;
             # after the barrier every rank's checkpoints so far have been taken, and the pause lets
             # the poll's answers reach the controller, so the restarted run finds them.
             reporter.report({"step": state.step, "fail_at_step": fail_at}, None)
@@ -530,7 +557,8 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
                                              final_report)
                 strategy.module.train()
             else:
-                evaluation = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device)
+                evaluation = watched_figures(strategy, tokenizer, data, cfg, shard, el_watch, ctx.device,
+                                             thresholds=thresholds)
                 timings["watch_eval_s"] += time.perf_counter() - t_eval
             metrics.update(evaluation)
             state.history.append({"step": state.step, "loss": step_loss, **evaluation})
@@ -538,7 +566,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
             if score < state.best_score:
                 state.best_score, state.best_step = score, state.step
                 state.best_state = strategy.trainable_state() if tc.select == "best" else None
-            state.stopped = should_stop(evaluation, state.original, thresholds, cfg)
+            state.stopped = should_stop(evaluation, state.original, thresholds, cfg, state.step)
             log(f"step {state.step}: {_fmt(evaluation)}" + (f" -> stop: {state.stopped}" if state.stopped else ""))
         at_checkpoint = state.step % checkpoint_every == 0 or state.step == steps or state.stopped
         if at_checkpoint and reporter.keeps_checkpoints:
@@ -549,7 +577,7 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
             timings["checkpoint_s"] += time.perf_counter() - t_ckpt
         elif logged or evaluated:
             # Not every step: Ray Train's controller takes reports off a one-slot queue per worker
-            # at each poll (every 2 s), so a report per fast step would throttle training to it.
+            # at each poll (every 0.5-2 s), so a report per fast step would throttle training to it.
             reporter.report(metrics, None)
 
     # ---- save the selected weights
@@ -563,8 +591,12 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
     train_seconds = time.perf_counter() - t0 - timings.get("final_eval_s", 0.0)
     evaluation = {"original": original} if job.evaluate_original else {}
     kept = state.best_step if tc.select == "best" else state.step
+    reused = original_as_final(original, cfg, tc.seed) if job.evaluate_final and kept == 0 else None
     if final_report is not None and kept == final_report_step:
         evaluation["unlearned"] = final_report  # the kept model is the one evaluated at the last step
+    elif reused is not None:
+        evaluation["unlearned"] = reused  # the kept model is the original, measured the same way
+        log("the kept model is the original: its evaluation is the final report")
     elif job.evaluate_final:
         t_eval = time.perf_counter()
         evaluation["unlearned"] = final_evaluation(strategy, tokenizer, data, cfg, original, shard, ctx, log)
