@@ -357,7 +357,10 @@ def test_resume_after_ray_job_stop_does_not_rerun_the_finished_trial(cluster, wo
     t0 = time.time()
     prefix = "sweeps/resume"
     output = f"s3://{BUCKET}/{prefix}"
-    _submit(cluster, workdir, "sweep-resume-1", ["space.yaml", "tracking.experiment=resume", "--output", output])
+    # Two trials one at a time, the job stopped while the second runs: 2,000 steps (~35 s) make a
+    # trial last well past the ~15 s from the first's result to the stop (3 steps: a race).
+    _submit(cluster, workdir, "sweep-resume-1", ["space.yaml", "tracking.experiment=resume", "train.max_steps=2000",
+                                                 "train.eval_every=2000", "--output", output])
     def done():
         found = [f for f in _s3_files(cluster, prefix) if f.startswith("trials/") and f.endswith("/result.json")]
         if not found and _status(cluster, "sweep-resume-1") in ("SUCCEEDED", "FAILED", "STOPPED"):
