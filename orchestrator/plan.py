@@ -23,7 +23,9 @@ w = 4 (fp32) or 2 (bf16) bytes per weight:
   per layer  T * m * (c_h * h + c_I * I + 5 * a * T) bytes, (c_h, c_I) = (18, 4) for a GELU
   MLP (34 * h at I = 4h) and (17, 8) for a gated (SwiGLU) MLP; doubled for fp32 compute;
   plus the logits: m * T * V * (2 * act_bytes + 4) (student and teacher logits, the loss's
-  fp32 gradient of the student's);
+  fp32 gradient of the student's); with a retain term, the retain micro-batch's forward too
+  (m_r = m * retain_batch_size / batch_size: its graph lives until the one backward), with the
+  student's logits only: m_r * T * V * (act_bytes + 4);
 - gathered (transient): fsdp / ZeRO-3 hold the root (embeddings) and two blocks unsharded in
   bf16 at a time, and one block's unsharded fp32 gradient before its reduce-scatter; with one
   worker FSDP2 keeps every block gathered (P * 2);
@@ -57,8 +59,9 @@ DS3_BUCKET = 50_000_000   # ZeRO-3 prefetch bucket (elements)
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 # Search-space keys whose values change memory: one table per distinct combination.
 MEMORY_KEYS = ("model.name_or_path", "model.dtype", "lora.enabled", "lora.rank", "lora.target_modules",
-               "method.name", "method.teacher", "data.max_length", "train.batch_size", "train.micro_batch_size",
-               "scaling.strategy", "scaling.num_workers", "scaling.zero_stage")
+               "method.name", "method.teacher", "method.retain_weight", "data.max_length", "train.batch_size",
+               "train.micro_batch_size", "train.retain_batch_size", "scaling.strategy", "scaling.num_workers",
+               "scaling.zero_stage")
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,6 +293,7 @@ class RunShape:
     lora_targets: tuple[str, ...] | None = None
     teacher: str = "live"                 # live | cached | none (a method without a teacher)
     micro_batch: int = 1
+    retain_ratio: float = 0.0             # retain sequences per forget one in a step (0: no retain term)
     length: int = 64
     forget_records: int | None = None
     strategy: str = "none"
@@ -323,12 +327,14 @@ def trainable_params(shape: Shape, run: RunShape) -> int:
     return shape.params() if run.lora_rank is None else shape.lora_params(run.lora_rank, run.lora_targets)
 
 
-def activation_bytes(shape: Shape, micro_batch: int, length: int, act_bytes: int = 2) -> int:
-    """Per worker: layers * T*m*(c_h*h + c_I*I + 5*a*T) * act_bytes/2 + logits m*T*V*(2*act_bytes + 4)."""
+def activation_bytes(shape: Shape, micro_batch: int, length: int, act_bytes: int = 2,
+                     teacher_logits: bool = True) -> int:
+    """Per worker: layers * T*m*(c_h*h + c_I*I + 5*a*T) * act_bytes/2 + logits m*T*V*(2*act_bytes + 4)
+    (without the teacher's: m*T*V*(act_bytes + 4))."""
     c_h, c_i = (17, 8) if shape.gated else (18, 4)
     per_layer = length * micro_batch * (c_h * shape.hidden + c_i * shape.intermediate + 5 * shape.heads * length)
     blocks = shape.layers * per_layer * act_bytes // 2
-    logits = micro_batch * length * shape.vocab * (2 * act_bytes + 4)
+    logits = micro_batch * length * shape.vocab * ((2 if teacher_logits else 1) * act_bytes + 4)
     return blocks + logits
 
 
@@ -383,6 +389,9 @@ def estimate(shape: Shape, run: RunShape, strategy: str, workers: int) -> Estima
     est.rows["teacher"] = teacher
 
     est.rows["activations"] = activation_bytes(shape, run.micro_batch, run.length, act)
+    if run.retain_ratio:
+        retain_micro = max(1, round(run.micro_batch * run.retain_ratio))
+        est.rows["retain activations"] = activation_bytes(shape, retain_micro, run.length, act, teacher_logits=False)
 
     gathered = 0
     if shard_weights:
@@ -425,6 +434,8 @@ def run_shape(cfg: UnlearnConfig, forget_records: int | None = None, workers: in
     rs = RunShape(dtype=cfg.model.dtype, lora_rank=cfg.lora.rank if cfg.lora.enabled else None,
                   lora_targets=tuple(cfg.lora.target_modules) if cfg.lora.target_modules else None,
                   teacher=teacher, micro_batch=micro, length=cfg.data.max_length, forget_records=forget_records,
+                  retain_ratio=((cfg.train.retain_batch_size or cfg.train.batch_size) / cfg.train.batch_size
+                                if cfg.method.uses_retain() else 0.0),
                   strategy=cfg.scaling.strategy, workers=n, zero_stage=cfg.scaling.zero_stage,
                   micro_batch_fixed=cfg.train.micro_batch_size is not None)
     return rs

@@ -146,6 +146,26 @@ def test_activation_formula_arithmetic():
     assert activation_bytes(llama, 1, 200, 2) == 32 * gated + 200 * 32000 * 8
     # linear in the micro-batch
     assert activation_bytes(neo, 8, t, 2) == 2 * activation_bytes(neo, 4, t, 2)
+    # a retain forward: the blocks, and only the student's logits
+    assert activation_bytes(neo, m, t, 2, teacher_logits=False) == layers * per_layer + m * t * v * (2 + 4)
+
+
+def test_a_retain_term_adds_its_forward_at_its_micro_batch():
+    from trainables.config import UnlearnConfig, from_dict
+
+    from orchestrator.plan import run_shape
+
+    neo = SHAPES["gpt-neo-1.3b"]
+    base = {"model": {"name_or_path": "EleutherAI/gpt-neo-1.3B", "dtype": "bf16"},
+            "train": {"lr": 1e-4, "max_steps": 10, "batch_size": 8, "micro_batch_size": 2}}
+    without = run_shape(from_dict(UnlearnConfig, base))
+    assert without.retain_ratio == 0.0 and "retain activations" not in estimate(neo, without, "none", 1).rows
+    plain = {**base, "method": {"retain_weight": 1.0}, "train": {**base["train"], "retain_batch_size": 16}}
+    run = run_shape(from_dict(UnlearnConfig, plain))
+    assert run.retain_ratio == 2.0
+    rows = estimate(neo, run, "none", 1).rows
+    assert rows["retain activations"] == activation_bytes(neo, 4, 64, 2, teacher_logits=False)  # m_r = 2 x 2
+    assert estimate(neo, run, "none", 1).need > estimate(neo, without, "none", 1).need
 
 
 def test_plan_is_light():
