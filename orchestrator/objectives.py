@@ -71,10 +71,13 @@ def metric_value(name: str, after: Mapping, before: Mapping | None) -> float:
 
 
 def final_metrics(space: SearchSpace, after: Mapping, before: Mapping | None) -> dict:
-    """Objectives, constraint metrics and violations of one evaluated trial."""
+    """Objectives, constraint metrics, the space's reported metrics and the violations of one
+    evaluated trial."""
     out: dict[str, Any] = {}
     for o in space.objectives:
         out[o.name] = metric_value(o.metric, after, before)
+    for name in space.report:
+        out[name] = metric_value(name, after, before)
     violations = []
     for c in space.constraints:
         value = metric_value(c.metric, after, before)

@@ -4,7 +4,8 @@ Pure functions, no module-level state. A sweep's trials are rows (mappings)
 holding the objective values as top-level keys next to whatever else the
 driver records (trial id, params, run id); nested mappings such as
 ``{"params": {"gamma": 8.0}}`` are flattened to ``params/gamma`` for the CSV,
-the hover text and the CLI table.
+the hover text and the CLI table; a ``report`` mapping (metrics the sweep shows
+beside its objectives without optimising them) is listed before the params.
 
 Conventions:
 
@@ -345,6 +346,7 @@ def reference_point(objectives: Sequence[Objective | Sequence[str]],
 
 _ID_KEYS = ("trial_id", "trial", "trial_number", "number", "id")
 _PARAM_PREFIXES = ("params/", "config/")
+_REPORT_PREFIX = "report/"  # metrics a sweep reports beside its objectives: shown first
 
 
 def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -374,11 +376,13 @@ def _param_keys(flat_rows: Sequence[Mapping[str, Any]], skip: set[str]) -> list[
             if k not in skip and k not in keys:
                 keys.append(k)
     prefixed = [k for k in keys if k.startswith(_PARAM_PREFIXES)]
-    return prefixed if prefixed else keys
+    if not prefixed:
+        return keys
+    return [k for k in keys if k.startswith(_REPORT_PREFIX)] + prefixed
 
 
 def _short(key: str) -> str:
-    for p in _PARAM_PREFIXES:
+    for p in (_REPORT_PREFIX, *_PARAM_PREFIXES):
         if key.startswith(p):
             return key[len(p):]
     return key

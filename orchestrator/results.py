@@ -19,7 +19,7 @@ from orchestrator.objectives import metric_value
 from orchestrator.pareto import format_front, front_table, hypervolume, reference_point, write_front
 from orchestrator.space import SearchSpace, read_saved_space
 from trainables.errors import InputError
-from trainables.io import write_text
+from trainables.io import write_json, write_text
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepPaths
@@ -46,14 +46,20 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+ORPHANED = "orphaned"
+
+
 def collect_trials(space: SearchSpace, sweep_dir: Path, tune_status: Mapping[str, dict] | None = None) -> list[dict]:
-    """One row per trial: objectives, feasibility, status, params, MLflow run id."""
+    """One row per trial: objectives, feasibility, status, params, MLflow run id. Without Tune's
+    status (a sweep folder read as it is) every trial folder but the orphaned ones."""
     rows = []
     trial_ids = list(tune_status) if tune_status is not None else \
         sorted(p.name for p in (sweep_dir / "trials").glob("*") if p.is_dir())
     for trial_id in trial_ids:
         tdir = sweep_dir / "trials" / trial_id
         status = _read_json(tdir / "status.json") or {}
+        if tune_status is None and status.get("status") == ORPHANED:
+            continue
         result = _read_json(tdir / "result.json")
         tune_info = (tune_status or {}).get(trial_id, {})
         row: dict[str, Any] = {"trial_id": trial_id}
@@ -64,6 +70,7 @@ def collect_trials(space: SearchSpace, sweep_dir: Path, tune_status: Mapping[str
                 row[o.name] = objectives.get(o.name)
             for c in space.constraints:
                 row.setdefault(c.metric, objectives.get(c.metric))
+            row["report"] = {name: objectives.get(name) for name in space.report}
             row["feasible"] = bool(objectives.get("feasible", True))
             row["status"] = "ok" if row["feasible"] else "infeasible"
         else:
@@ -81,6 +88,29 @@ def collect_trials(space: SearchSpace, sweep_dir: Path, tune_status: Mapping[str
     return rows
 
 
+def mark_orphans(paths: SweepPaths, known: set[str]) -> list[str]:
+    """Mark the trial folders Tune does not know as orphaned (status.json) and return their ids.
+    A trial that started after Tune's last experiment snapshot is unknown to a resumed Tune, which
+    starts a new trial in its place; its folder stays behind, and `undial pareto DIR` (which reads
+    the folders) would count it as an unfinished trial the sweep's own summary does not have."""
+    names = {p.name for p in (paths.root / "trials").glob("*") if p.is_dir()}
+    if paths.store is not None:
+        names |= set(paths.store.listdir("trials"))
+    marked = []
+    for trial_id in sorted(names - known):
+        rel = f"trials/{trial_id}/status.json"
+        if paths.store is not None and paths.store.exists(rel):
+            paths.store.pull(rel)
+        status = _read_json(paths.root / rel) or {}
+        if status.get("status") == ORPHANED:
+            continue
+        write_json(paths.root / rel, {**status, "status": ORPHANED, "was": status.get("status"),
+                                      "why": "started before an interrupt, unknown to the resumed Tune run"})
+        paths.push(rel)
+        marked.append(trial_id)
+    return marked
+
+
 def front_rows(space: SearchSpace, rows: list[dict]) -> list[dict]:
     """Rows for the Pareto front: infeasible / failed rows lose their objective values (on no
     front, no hypervolume) but stay in the count."""
@@ -89,6 +119,8 @@ def front_rows(space: SearchSpace, rows: list[dict]) -> list[dict]:
         r = {"trial_id": row["trial_id"]}
         for o in space.objectives:
             r[o.name] = row.get(o.name) if row["status"] == "ok" else None
+        if space.report:
+            r["report"] = dict(row.get("report") or {})
         r["params"] = row.get("params") or {}
         r["run_id"] = row.get("run_id")
         out.append(r)
@@ -145,13 +177,15 @@ def write_trials_csv(path: Path, space: SearchSpace, rows: list[dict]) -> None:
     for r in rows:
         params += [k for k in r["params"] if k not in params]
     objective_names = {o.name for o in space.objectives}
-    cols = ["trial_id", "status"] + [o.name for o in space.objectives] + \
-        [c.metric for c in space.constraints if c.metric not in objective_names] + ["run_id"] + params + ["error"]
+    shown = [c.metric for c in space.constraints if c.metric not in objective_names]
+    shown += [name for name in space.report if name not in shown]
+    cols = ["trial_id", "status"] + [o.name for o in space.objectives] + shown + ["run_id"] + params + ["error"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols)
     for r in rows:
-        w.writerow([r.get(c) if c not in params else r["params"].get(c) for c in cols])
+        values = {**(r.get("report") or {}), **r}
+        w.writerow([values.get(c) if c not in params else r["params"].get(c) for c in cols])
     write_text(path, buf.getvalue())
 
 
@@ -257,6 +291,10 @@ def finalize(space: SearchSpace, paths: SweepPaths, tracker: Tracker, state: dic
     models on the child runs; failed trials marked FAILED; the final printout. Returns the
     summary (summary.json)."""
     rows = collect_trials(space, paths.root, tune_status(grid))
+    orphans = mark_orphans(paths, {r["trial_id"] for r in rows})
+    if orphans:
+        log(f"{len(orphans)} trial folder(s) left by the interrupt, unknown to Tune, marked orphaned: "
+            f"{', '.join(orphans)}")
     objs = space.objective_list
     frows = front_rows(space, rows)
     reference = space_reference(space, frows)

@@ -12,6 +12,7 @@ A search space (YAML, `search_spaces/*.yaml`):
       method.subset.tau: {distribution: uniform, low: 0.5, high: 2, when: {method.subset.policy: reference}}
     objectives: [{name: el3, mode: min}, {name: mauve, mode: max}]
     constraints: ["retain_ppl_ratio <= 1.1"]
+    report: [forget.ma, privleak.loss, forget_quality]   # shown beside the objectives, not optimised
     budget: {num_samples: 10, max_concurrent_trials: 2, sampler: tpe, seed: 0}
 
 Pure: no torch, ray or mlflow (Optuna only to list a sampler's options), so `undial pareto`
@@ -39,7 +40,7 @@ from trainables.tree import deep_merge, get_path, set_path
 
 CONFIG_SECTIONS = tuple(f.name for f in dataclasses.fields(UnlearnConfig))
 SPACE_KEYS = ("name", "description", "base_config", "base", "parameters", "initial_points", "objectives",
-              "constraints", "budget", "tracking")
+              "constraints", "report", "budget", "tracking")
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 PARAM_KEYS = ("distribution", "low", "high", "values", "step", "log", "when", "description")
 DEFAULT_OBJECTIVES = [{"name": "el3", "mode": "min"}, {"name": "mauve", "mode": "max"}]
@@ -249,6 +250,7 @@ class SearchSpace:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     initial_points: list[dict] = field(default_factory=list)
     description: str = ""
+    report: list[str] = field(default_factory=list)  # metrics shown beside the objectives, not optimised
 
     @property
     def objective_list(self) -> list[Objective]:
@@ -269,6 +271,7 @@ class SearchSpace:
                             **({"reference": o.reference} if o.reference is not None else {})}
                            for o in self.objectives],
             "constraints": [c.text for c in self.constraints],
+            "report": list(self.report),
             "budget": to_plain(self.budget),
             "tracking": to_plain(self.tracking),
         }
@@ -406,10 +409,11 @@ def space_from_dict(raw: Mapping, overrides: Sequence[str] = (), base_dir: str |
     parameters = _parse_parameters(raw.get("parameters"), base)
     objectives = _parse_objectives(raw.get("objectives"), base, parameters)
     constraints = _parse_constraints(raw.get("constraints"), base, parameters)
+    report = _parse_report(raw.get("report"), base, parameters, objectives)
     initial = _parse_initial_points(raw.get("initial_points"), parameters, base)
     return SearchSpace(name=name, base=base, parameters=parameters, objectives=objectives,
                        constraints=constraints, budget=budget, tracking=tracking, initial_points=initial,
-                       description=str(description))
+                       description=str(description), report=report)
 
 
 def _number(value: Any, key: str) -> float:
@@ -585,6 +589,26 @@ def _parse_constraints(raw: Any, base: dict, params: list[Param]) -> list[Constr
         metric_entry, _ = lookup_metric(metric, key)
         check_measurable(metric_entry, key, base, {p.key for p in params})
         out.append(ConstraintSpec(metric, op, float(bound)))
+    return out
+
+
+def _parse_report(raw: Any, base: dict, params: list[Param], objectives: list[ObjectiveSpec]) -> list[str]:
+    """Metric names a sweep reports beside its objectives (front table, trials.csv, Pareto files):
+    resolved and checked measurable like an objective, so a typo is refused before anything runs."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InputError(f"report: expected a list of metric names like [privleak.loss, forget_quality], got {raw!r}")
+    out: list[str] = []
+    for i, name in enumerate(raw):
+        key = f"report[{i}]"
+        if not isinstance(name, str) or not name or "/" in name:
+            raise InputError(f"{key}: expected a metric name such as forget_quality, got {name!r}")
+        metric_entry, _ = lookup_metric(name, key)
+        check_measurable(metric_entry, key, base, {p.key for p in params})
+        if name in out or any(o.name == name for o in objectives):
+            raise InputError(f"{key}: {name!r} is already {'an objective' if name not in out else 'listed'}")
+        out.append(name)
     return out
 
 

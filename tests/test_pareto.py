@@ -341,6 +341,18 @@ def test_format_front():
     assert "no trial" in format_front([{"el3": None}], objs)
 
 
+def test_reported_metrics_come_before_the_params_and_never_decide_the_front():
+    objs = [Objective("el3", "min"), Objective("mauve", "max")]
+    rows = [{"trial_id": r["trial_id"], "el3": r["el3"], "mauve": r["mauve"],
+             "report": {"privleak.loss": 0.5 - i / 10}, "params": r["params"]} for i, r in enumerate(_sweep_rows())]
+    lines = format_front(rows, objs).splitlines()
+    header = lines[1].split()
+    assert header[:5] == ["trial_id", "el3", "\u2193", "mauve", "\u2191"]
+    assert header[5:7] == ["privleak.loss", "gamma"]
+    assert [ln.split()[0] for ln in lines[3:6]] == ["t1", "t0", "t3"]  # the same front as without it
+    assert lines[3].split()[3] == "0.4"  # t1: id, el3, mauve, then its privleak.loss
+
+
 def test_write_front_produces_all_files(tmp_path):
     objs = [Objective("el3", "min"), Objective("mauve", "max")]
     rows = _sweep_rows()

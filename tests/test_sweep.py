@@ -5,6 +5,7 @@ and resume after the driver process is killed mid-sweep."""
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import os
@@ -42,7 +43,7 @@ def micro_space(root: Path, **over) -> dict:
                               "mauve": {"enabled": True, "max_prompts": 12, "prompt_tokens": 6, "new_tokens": 6}})
     space = {"name": "micro", "base": base, "parameters": copy.deepcopy(PARAMS),
              "objectives": [{"name": "el3", "mode": "min"}, {"name": "mauve", "mode": "max"}],
-             "constraints": ["retain_ppl_ratio <= 1000"],
+             "constraints": ["retain_ppl_ratio <= 1000"], "report": ["forget.ma"],
              "budget": {"num_samples": 3, "max_concurrent_trials": 2, "seed": 0, "max_failures": 0}}
     space.update(over)
     return space
@@ -71,6 +72,10 @@ def test_demo_space_shape():
     assert {"method.gamma", "train.lr", "method.subset.policy", "lora.rank"} <= keys
     assert space.param("lora.rank").values[0] == 0 and space.budget.num_samples >= 8
     assert space.param("method.gamma").distribution == "loguniform"
+    # the user's pair with held-out perplexity, and privacy against the retain model (two-sided)
+    assert [o.name for o in space.objectives] == ["el3", "mauve", "retain_ppl_ratio", "privleak_abs.loss"]
+    assert {"privleak.loss", "forget_quality"} <= set(space.report)
+    assert space.param("method.subset.tau").when == {"method.subset.policy": ["reference"]}
 
 
 def test_overrides_route_to_the_base_and_the_space(micro_assets):
@@ -150,6 +155,12 @@ def test_define_by_run_samples_conditionals_only_when_active(micro_assets):
     ({"tracking": {"log_models": "some"}}, "tracking.log_models"),
     ({"initial_points": [{"method.gamma": 500.0}]}, "initial_points[0].method.gamma: 500.0 is outside"),
     ({"initial_points": [{"method.gamma": 5.0}]}, "initial_points[0]: no value for parameter train.lr"),
+    ({"report": "forget.ma"}, "report: expected a list"),
+    ({"report": ["happiness"]}, "report[0]: unknown metric 'happiness'"),
+    ({"report": ["forget.el7"]}, "report[0]: el7 needs 7 in the base config's eval.el_n"),
+    ({"report": ["privleak.loss"]}, "report[0]: 'privleak.loss' needs"),
+    ({"report": ["el3"]}, "report[0]: 'el3' is already an objective"),
+    ({"report": ["forget.ma", "forget.ma"]}, "report[1]: 'forget.ma' is already listed"),
 ])
 def test_validation_names_the_key(micro_assets, change, message):
     raw = micro_space(micro_assets)
@@ -239,6 +250,39 @@ def test_final_metrics_objectives_ratio_and_constraints(micro_assets):
     assert ok["feasible"] and ok["constraint_violations"] == pytest.approx([-0.05, -0.3])
     bad = final_metrics(space, {"forget": {"el3": 0.1}, "retain": {"ppl": 12.0}, "mauve": float("nan")}, before)
     assert not bad["feasible"] and bad["constraint_violations"][1] == math.inf
+
+
+def test_reported_metrics_are_measured_not_optimised(micro_assets):
+    """`report:` names metrics the sweep shows beside its objectives: each trial's value (a ratio
+    too), in the canonical space, and not among Optuna's objectives."""
+    space = space_from_dict(micro_space(micro_assets, report=["forget.ma", "retain_ppl_ratio"]))
+    assert space.report == ["forget.ma", "retain_ppl_ratio"] and [o.name for o in space.objectives] == ["el3", "mauve"]
+    assert space_from_dict(yaml.safe_load(space.dump())).report == space.report
+    got = final_metrics(space, {"forget": {"el3": 0.1, "ma": 0.4}, "retain": {"ppl": 11.0}, "mauve": 0.8},
+                        {"retain": {"ppl": 10.0}})
+    assert got["forget.ma"] == 0.4 and got["retain_ppl_ratio"] == pytest.approx(1.1)
+    assert math.isnan(final_metrics(space, {"forget": {"el3": 0.1}}, None)["forget.ma"])  # absent, not zero
+
+
+def test_orphaned_trial_folders_leave_the_folder_count(micro_assets, tmp_path):
+    """A trial folder the resumed Tune never knew is marked orphaned at the sweep's end, and the
+    sweep folder read on its own (`undial pareto DIR`) then counts what the summary counts."""
+    from orchestrator.results import ORPHANED, mark_orphans, sweep_front
+    from orchestrator.sweep import SweepPaths
+
+    space = space_from_dict(micro_space(micro_assets))
+    (tmp_path / "space.yaml").write_text(space.dump())
+    for trial_id, status in (("done1", "done"), ("lost2", "running")):
+        (tmp_path / "trials" / trial_id).mkdir(parents=True)
+        (tmp_path / "trials" / trial_id / "status.json").write_text(json.dumps({"status": status, "params": {}}))
+    (tmp_path / "trials" / "done1" / "result.json").write_text(json.dumps(
+        {"objectives": {"el3": 0.1, "mauve": 0.5, "feasible": True}}))
+    assert [r["status"] for r in sweep_front(tmp_path)[1]] == ["ok", "unfinished"]
+    assert mark_orphans(SweepPaths(tmp_path), {"done1"}) == ["lost2"]
+    saved = json.loads((tmp_path / "trials" / "lost2" / "status.json").read_text())
+    assert saved["status"] == ORPHANED and saved["was"] == "running"
+    assert [r["trial_id"] for r in sweep_front(tmp_path)[1]] == ["done1"]
+    assert mark_orphans(SweepPaths(tmp_path), {"done1"}) == []  # once
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,6 +475,11 @@ def test_pareto_and_export_commands(resumed_sweep, tmp_path, capsys):
     assert main(["pareto", str(s["out"])]) == 0
     printed = capsys.readouterr().out
     assert "Pareto front (el3" in printed and "1 failed" in printed and "hypervolume" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("trial_id")).split()
+    assert header.index("forget.ma") < header.index("gamma")  # reported metrics, then the parameters
+    with open(s["out"] / "trials.csv") as f:
+        done = [r for r in csv.DictReader(f) if r["status"] in ("ok", "infeasible")]
+    assert done and all(0 <= float(r["forget.ma"]) <= 1 for r in done)
     _, _, _, parents, children = _runs(s["state"])
     chosen = next(c for c in children if c.info.status == "FINISHED" and c.data.params["lora.rank"] == "4")
     exported = tmp_path / "exported.yaml"
