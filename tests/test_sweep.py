@@ -476,7 +476,7 @@ def test_pareto_and_export_commands(resumed_sweep, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Pareto front (el3" in printed and "1 failed" in printed and "hypervolume" in printed
     header = next(line for line in printed.splitlines() if line.startswith("trial_id")).split()
-    assert header.index("forget.ma") < header.index("gamma")  # reported metrics, then the parameters
+    assert header.index("forget.ma") < header.index("method.gamma")  # reported metrics, then the parameters
     with open(s["out"] / "trials.csv") as f:
         done = [r for r in csv.DictReader(f) if r["status"] in ("ok", "infeasible")]
     assert done and all(0 <= float(r["forget.ma"]) <= 1 for r in done)
