@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.config import UnlearnConfig, from_dict
     from trainables.data import load_datasets
     from trainables.demo import ensure_demo
+    from trainables.errors import InputError
     from trainables.evaluate import load_result_model
     from trainables.metrics import SmallSampleWarning
     from trainables.models import configured_tokenizer
@@ -106,13 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = configured_tokenizer(cfg.model)
     data = load_datasets(cfg.data, tokenizer, need_retain=False)
     model = load_result_model(demo / "model")
+    try:  # a wrong --model is refused before minutes of scoring, not after
+        others = [load_result_model(path) for path in args.model]
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     noisy, ratio = copy_at_ppl_ratio(model, data.heldout, args.ppl_ratio)
     seeds = list(range(args.seeds))
     rows = {"original": scores(model, tokenizer, data.prompts, cfg.eval, seeds),
             f"noisy (ppl x{ratio:.2f})": scores(noisy, tokenizer, data.prompts, cfg.eval, seeds)}
     base_ppl = heldout_ppl(model, data.heldout)
-    for i, path in enumerate(args.model, start=1):
-        other = load_result_model(path)
+    for i, other in enumerate(others, start=1):
         rows[f"model{i} (ppl x{heldout_ppl(other, data.heldout) / base_ppl:.2f})"] = scores(
             other, tokenizer, data.prompts, cfg.eval, seeds)
     base = rows["original"]
