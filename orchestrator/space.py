@@ -606,8 +606,10 @@ def _parse_report(raw: Any, base: dict, params: list[Param], objectives: list[Ob
             raise InputError(f"{key}: expected a metric name such as forget_quality, got {name!r}")
         metric_entry, _ = lookup_metric(name, key)
         check_measurable(metric_entry, key, base, {p.key for p in params})
-        if name in out or any(o.name == name for o in objectives):
-            raise InputError(f"{key}: {name!r} is already {'an objective' if name not in out else 'listed'}")
+        if any(o.name == name for o in objectives):
+            raise InputError(f"{key}: {name!r} is already an objective")
+        if name in out:
+            raise InputError(f"{key}: {name!r} is already listed")
         out.append(name)
     return out
 
