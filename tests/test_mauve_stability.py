@@ -4,8 +4,8 @@ steady, and the human side's features, computed once and then read from the cach
 figures an uncached evaluation gives.
 
 Whether MAUVE separates a degraded copy (held-out perplexity 1.3x) is measured on the full demo
-by bench/mauve_stability.py (docs/demo.md: 825 samples per side, sd 0.018, the copy 3.8 sd
-lower). The tiny demo cannot show it: its 2-layer model, trained on 60 prose passages, sits at
+by bench/mauve_stability.py (docs/demo.md: 825 samples per side, five k-means seeds averaged:
+sd 0.014, the copy 5.8 sd lower). The tiny demo cannot show it: its 2-layer model, trained on 60 prose passages, sits at
 MAUVE's floor (~0.01 for the original and the copy alike; measured)."""
 
 from __future__ import annotations

@@ -324,6 +324,22 @@ def test_mauve_same_vs_unrelated():
     assert other["mauve"] < 0.5, other
 
 
+def test_mauve_kmeans_seeds_average_the_single_quantisations():
+    """kmeans_seeds=K: the mean of K one-quantisation scores at seeds seed .. seed + K - 1."""
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(120, 6)), rng.normal(0.4, 1.0, size=(120, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.SmallSampleWarning)
+        singles = [M.mauve_from_features(p, q, seed=7 + k) for k in range(3)]
+        averaged = M.mauve_from_features(p, q, seed=7, kmeans_seeds=3)
+        with pytest.raises(InputError, match="kmeans_seeds must be >= 1"):
+            M.mauve_from_features(p, q, kmeans_seeds=0)
+    assert len({s["mauve"] for s in singles}) > 1  # the quantisation does move the score
+    assert averaged["mauve"] == pytest.approx(sum(s["mauve"] for s in singles) / 3, rel=1e-12)
+    assert averaged["mauve_star"] == pytest.approx(sum(s["mauve_star"] for s in singles) / 3, rel=1e-12)
+    assert averaged["kmeans_seeds"] == 3 and singles[0]["kmeans_seeds"] == 1
+
+
 def test_mauve_warns_and_bad_featurizer():
     with pytest.warns(M.SmallSampleWarning, match="30 samples"):
         M.mauve_score(_bios(4, 30), _bios(5, 30), featurizer=lambda texts: np.random.default_rng(

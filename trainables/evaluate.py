@@ -408,7 +408,8 @@ def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: in
         q = np.stack(shard.gather(idx, list(q_feat)))
         if p is None:
             p = _human_features(truths, idx, mc.featurizer, bs, feat_device, shard)
-        result = metrics.mauve_from_features(p, q, seed=draw_seed, num_buckets=mc.num_buckets or "auto")
+        result = metrics.mauve_from_features(p, q, seed=draw_seed, num_buckets=mc.num_buckets or "auto",
+                                             kmeans_seeds=mc.kmeans_seeds)
         scores.append(float(result["mauve"]))
         stars.append(float(result["mauve_star"]))
         samples = int(result["samples"])
