@@ -48,6 +48,7 @@ def test_overrides_parse_yaml_values():
     ("badoverride", "expected key.sub=value"),
     ("eval.mauve.draws=0", "eval.mauve.draws: expected an integer >= 1"),
     ("eval.mauve.kmeans_seeds=0", "eval.mauve.kmeans_seeds: expected an integer >= 1"),
+    ("eval.mauve.batch_size=0", "eval.mauve.batch_size: expected an integer >= 1"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(InputError) as err:

@@ -14,10 +14,11 @@ from trainables.config import UnlearnConfig, from_dict
 
 def _config(root, mauve: bool):
     # eval batch 3: the 8 forget / 8 unseen / 8 held-out sequences make 3 batches, so the two
-    # ranks get unequal shares (batches 0, 2 and batch 1).
+    # ranks get unequal shares (batches 0, 2 and batch 1); MAUVE's prompts likewise.
     return from_dict(UnlearnConfig, micro_config(root, eval={
         "batch_size": 3, "el_n": [2, 3], "prefix_stride": 4, "mia": True,
-        "mauve": {"enabled": mauve, "max_prompts": 12, "prompt_tokens": 8, "new_tokens": 8, "do_sample": True}}))
+        "mauve": {"enabled": mauve, "max_prompts": 12, "prompt_tokens": 8, "new_tokens": 8, "do_sample": True,
+                  "batch_size": 3}}))
 
 
 def _evaluate(root, rank: int, world: int, mauve: bool) -> dict:

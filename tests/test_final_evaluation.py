@@ -76,3 +76,26 @@ def test_an_original_measured_otherwise_is_not_reused(micro_assets, monkeypatch)
     original, after = result["evaluation"]["original"], result["evaluation"]["unlearned"]
     assert after["forget"]["ma"] == pytest.approx(original["forget"]["ma"], abs=1e-12)
     assert after["retain"]["ppl"] == pytest.approx(original["retain"]["ppl"], rel=1e-9)
+
+
+def test_the_originals_report_is_reused_whatever_cpus_it_ran_on(micro_assets):
+    """A sweep evaluates its original on the idle CPUs of every trial slot (with_idle_cpus); the
+    workers' resources set threads, not figures, so the key leaves them out; the workers'
+    number (how the evaluation is sharded) stays in it."""
+    import dataclasses
+
+    from orchestrator.sweep import with_idle_cpus
+    from trainables.evaluate import evaluation_key
+
+    cfg = from_dict(UnlearnConfig, micro_config(micro_assets))
+    wide = with_idle_cpus(cfg, concurrent_trials=2, cluster_cpus=8)
+    assert wide.scaling.resources_per_worker == {"CPU": 2.0} and cfg.scaling.resources_per_worker == {}
+    assert evaluation_key(wide, 0) == evaluation_key(cfg, 0) != evaluation_key(cfg, 1)
+    ddp = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=2, strategy="ddp"))
+    assert evaluation_key(ddp, 0) != evaluation_key(cfg, 0)
+    # Never more than the cluster holds per worker, never less than a trial's; GPUs untouched.
+    assert with_idle_cpus(ddp, concurrent_trials=4, cluster_cpus=5).scaling.resources_per_worker == {"CPU": 2.0}
+    assert with_idle_cpus(cfg, concurrent_trials=2, cluster_cpus=0) is cfg
+    assert with_idle_cpus(cfg, concurrent_trials=1, cluster_cpus=8) is cfg
+    gpu = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, use_gpu=True))
+    assert with_idle_cpus(gpu, concurrent_trials=2, cluster_cpus=8) is gpu

@@ -267,12 +267,19 @@ class TrainConfig:
     # step where forget MA has come less than this share of the way from the original's to the
     # unseen set's MA (the threshold). A sweep's unpromising trials end early and still report.
     stop_min_progress: float | None = None
+    # ... and at an eval step from stop_progress_step on where forget MA has come less than this
+    # share of that way since the previous eval step: a run whose forgetting has stalled.
+    stop_min_gain: float | None = None
     stop_progress_step: int = 100
     log_every: int = 10
     # What each eval step measures: "light" the watched figures (forget MA, held-out ppl; when
     # stopping on thresholds, EL_n once forget MA is under its threshold); "full" the whole
     # evaluation (MIA AUC, MAUVE, ...: `undial study`).
     watch: Literal["light", "full"] = "light"
+    # "bf16": the training steps' forward passes under torch.autocast in bfloat16 (weights, the
+    # optimiser and the losses stay float32; every evaluation runs in the model's dtype). On a
+    # CPU with AVX512-BF16 a matmul runs ~3.5x faster (docs/demo.md).
+    mixed_precision: Literal["no", "bf16"] = "no"
 
     def validate(self, path: str) -> None:
         check(self.lr > 0, f"{path}.lr", "expected a number > 0", self.lr)
@@ -299,6 +306,8 @@ class TrainConfig:
                "expected a number >= 1", self.stop_ppl_factor)
         check(self.stop_min_progress is None or 0 < self.stop_min_progress <= 1, f"{path}.stop_min_progress",
                "expected a number in (0, 1]", self.stop_min_progress)
+        check(self.stop_min_gain is None or 0 < self.stop_min_gain <= 1, f"{path}.stop_min_gain",
+               "expected a number in (0, 1]", self.stop_min_gain)
         check(self.stop_progress_step >= 1, f"{path}.stop_progress_step", "expected an integer >= 1",
                self.stop_progress_step)
         check(self.log_every >= 1, f"{path}.log_every", "expected an integer >= 1", self.log_every)
@@ -312,6 +321,10 @@ class MauveConfig:
     prompt_tokens: int = 24
     new_tokens: int = 24
     do_sample: bool = False
+    # Prompts a generate call continues, each batch its own sampling stream (so changing it changes
+    # the draws, not their distribution): on CPU, 128 generates the demo's 825 continuations in
+    # 0.77x the time of 32 (per-token overhead).
+    batch_size: int = 128
     num_buckets: int | None = None  # k-means buckets; None: the library's heuristic, samples / 10
     # Independent sampling draws: `mauve` is their mean and `mauve_sd` their spread. On the demo
     # one draw's sd is 0.014 for the original model but 0.04 for unlearned ones (docs/demo.md).
@@ -323,6 +336,7 @@ class MauveConfig:
     def validate(self, path: str) -> None:
         check(self.max_prompts >= 2, f"{path}.max_prompts", "expected an integer >= 2", self.max_prompts)
         check(self.draws >= 1, f"{path}.draws", "expected an integer >= 1", self.draws)
+        check(self.batch_size >= 1, f"{path}.batch_size", "expected an integer >= 1", self.batch_size)
         check(self.kmeans_seeds >= 1, f"{path}.kmeans_seeds", "expected an integer >= 1", self.kmeans_seeds)
         check(self.draws == 1 or self.do_sample, f"{path}.draws",
               "expected 1 with do_sample false (greedy continuations are the same every draw)", self.draws)
@@ -438,9 +452,13 @@ class UnlearnConfig:
         if self.train.stop_when == "threshold":
             check(self.data.unseen is not None, "train.stop_when",
                    "'threshold' needs data.unseen (the thresholds come from it)", self.train.stop_when)
-        if self.train.stop_min_progress is not None:
-            check(self.data.unseen is not None, "train.stop_min_progress",
-                  "needs data.unseen (progress is measured toward its MA)", self.train.stop_min_progress)
+        for key in ("stop_min_progress", "stop_min_gain"):
+            if getattr(self.train, key) is not None:
+                check(self.data.unseen is not None, f"train.{key}",
+                      "needs data.unseen (progress is measured toward its MA)", getattr(self.train, key))
+        check(self.train.mixed_precision == "no" or self.scaling.strategy != "deepspeed", "train.mixed_precision",
+              "DeepSpeed sets its own precision: use a bf16 section in scaling.deepspeed_config",
+              self.train.mixed_precision)
         if self.train.retain_batch_size is not None:
             check(self.method.uses_retain(), "train.retain_batch_size",
                   "has no effect without a retain term (method.retain_weight > 0)", self.train.retain_batch_size)

@@ -323,13 +323,16 @@ _ORIGINAL_ONLY = ("retain_model", "evaluation_key")
 
 def evaluation_key(cfg, seed: int) -> str:
     """A digest of what a model's whole evaluation depends on besides its weights: the model,
-    data, eval and scaling sections and the sampling seed. Equal weights and equal keys give
-    the same report."""
+    data, eval and scaling sections (less the workers' resources) and the sampling seed. Equal
+    weights and equal keys give the same report."""
     import hashlib
     import json
 
     plain = cfg.to_dict()
     parts = {name: plain[name] for name in ("model", "data", "eval", "scaling")}
+    # The CPUs a worker holds set its threads, not its figures (a sweep evaluates its original
+    # on the idle CPUs of every trial slot, then reuses that report for trials that kept step 0).
+    parts["scaling"] = {k: v for k, v in parts["scaling"].items() if k != "resources_per_worker"}
     return hashlib.sha256(json.dumps({**parts, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -375,8 +378,9 @@ def split_passages(tokenizer, passages: list[str], prompt_tokens: int, new_token
 def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: int, shard: Shard | None = None,
                        device=None) -> dict:
     """MAUVE of the model's continuations vs the true ones (with its sample count), and rep-n.
-    Each rank generates and featurises its batches of prompts (batch at start s of draw d sampled
-    with seed + d * prompts + s); the features are gathered and MAUVE computed once per draw.
+    Each rank generates and featurises its batches of prompts (eval.mauve.batch_size a batch;
+    the batch at start s of draw d sampled with seed + d * prompts + s); the features are
+    gathered and MAUVE computed once per draw.
     With eval.mauve.draws > 1, `mauve` / `mauve_star` are the draws' mean, `mauve_sd` their
     standard deviation, rep-n over every draw's continuations."""
     from trainables import metrics
@@ -387,17 +391,17 @@ def generation_quality(model, tokenizer, passages: list[str], eval_cfg, seed: in
     if len(prompts) < 2:
         raise InputError(f"data.prompts: only {len(prompts)} passages hold {mc.prompt_tokens} + {mc.new_tokens} "
                          "tokens; lower eval.mauve.prompt_tokens / new_tokens")
-    bs = eval_cfg.batch_size
+    bs, gen_bs = eval_cfg.batch_size, mc.batch_size
     feat_device = str(device) if device is not None else None
-    starts = shard.batch_starts(len(prompts), bs)
-    idx = [i for start in starts for i in range(start, min(start + bs, len(prompts)))]
+    starts = shard.batch_starts(len(prompts), gen_bs)
+    idx = [i for start in starts for i in range(start, min(start + gen_bs, len(prompts)))]
     p = None
     scores, stars, all_gens, samples = [], [], [], 0
     for draw in range(mc.draws):
         draw_seed = seed + draw * len(prompts)  # every (draw, batch) its own stream
         gens = []
         for start in starts:
-            batch = prompts[start:start + bs]
+            batch = prompts[start:start + gen_bs]
             gens += metrics.generate_continuations(model, tokenizer, batch, max_new_tokens=mc.new_tokens,
                                                    do_sample=mc.do_sample, seed=draw_seed + start,
                                                    batch_size=len(batch))

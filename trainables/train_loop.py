@@ -276,16 +276,24 @@ def forget_progress(metrics: dict, original: dict, thresholds: dict) -> float:
     return (original["forget.ma"] - metrics["forget.ma"]) / gap if gap > 0 else 1.0
 
 
-def should_stop(metrics: dict, original: dict, thresholds: dict | None, cfg, step: int = 0) -> str | None:
+def should_stop(metrics: dict, original: dict, thresholds: dict | None, cfg, step: int = 0,
+                previous: dict | None = None) -> str | None:
+    """Why the run stops at this eval step (None: it goes on). `previous`: the figures of the
+    eval step before it (the original's at the first), for train.stop_min_gain."""
     tc = cfg.train
     if tc.stop_ppl_factor is not None and "retain.ppl" in metrics:
         if not metrics["retain.ppl"] <= tc.stop_ppl_factor * original["retain.ppl"]:
             return f"held-out perplexity rose past {tc.stop_ppl_factor} x the original"
-    if tc.stop_min_progress is not None and thresholds is not None and step >= tc.stop_progress_step:
+    if thresholds is not None and step >= tc.stop_progress_step:
         progress = forget_progress(metrics, original, thresholds)
-        if progress < tc.stop_min_progress:
+        if tc.stop_min_progress is not None and progress < tc.stop_min_progress:
             return (f"forget MA came {progress:.0%} of the way to the unseen set's by step {step} "
                     f"(train.stop_min_progress {tc.stop_min_progress:g})")
+        if tc.stop_min_gain is not None and previous is not None and "forget.ma" in previous:
+            gain = progress - forget_progress(previous, original, thresholds)
+            if gain < tc.stop_min_gain:
+                return (f"forget MA came {gain:.0%} of the way to the unseen set's since step "
+                        f"{previous.get('step', '?')} (train.stop_min_gain {tc.stop_min_gain:g})")
     if tc.stop_when == "threshold" and thresholds is not None:
         n = cfg.eval.el_n[0]
         if metrics["forget.ma"] < thresholds["ma"] and metrics[f"forget.el{n}"] < thresholds[f"el{n}"]:
@@ -406,16 +414,22 @@ def train_step(run: Run, step: int, cfg, ctx: WorkerContext, log=print) -> tuple
     retain_norm = (float(weight_sum(data.retain.labels[retain_plan.global_batch(step)], None))
                    if retain_plan else None)
     step_loss = torch.zeros((), device=ctx.device)
+    bf16 = cfg.train.mixed_precision == "bf16"
+
+    def forward(**batch):  # the losses (and the backward) run outside autocast, in float32
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return strategy.module(**batch, **run.method.forward_kwargs)
+
     for i, idx in enumerate(micro_batches):
         ids, mask, labels = _stack(forget, idx, ctx.device)
         w = run.weights[idx].to(ctx.device)
         with strategy.accumulation_context(is_last_micro=i == len(micro_batches) - 1):
             teacher_logits = (teacher(ids, mask, torch.tensor(idx)) if run.method.needs_teacher else None)
-            outputs = strategy.module(input_ids=ids, attention_mask=mask, **run.method.forward_kwargs)
+            outputs = forward(input_ids=ids, attention_mask=mask)
             loss = run.method.forget_loss(outputs, teacher_logits, labels, w, normalizer=max(normalizer, 1e-12))
             if retain_micro is not None:
                 r_ids, r_mask, r_labels = _stack(data.retain, retain_micro[i], ctx.device)
-                r_outputs = strategy.module(input_ids=r_ids, attention_mask=r_mask, **run.method.forward_kwargs)
+                r_outputs = forward(input_ids=r_ids, attention_mask=r_mask)
                 loss = loss + run.method.retain_loss(r_outputs, teacher, r_ids, r_mask, r_labels, retain_norm)
             # Data-parallel backends average gradients over workers; the loss is already a
             # share of the global batch, so scale back up to a sum.
@@ -484,7 +498,8 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
         log(f"resumed from {restore} at step {state.step}")
     shard = evaluation_shard(cfg, ctx)
     original = job.original or state.original_report
-    wants_thresholds = (tc.stop_when == "threshold" or tc.stop_min_progress is not None) and data.unseen is not None
+    gives_up = tc.stop_min_progress is not None or tc.stop_min_gain is not None  # measured toward the unseen MA
+    wants_thresholds = (tc.stop_when == "threshold" or gives_up) and data.unseen is not None
     if original is None and (job.evaluate_original or wants_thresholds):
         log("evaluating the original model ...")
         t_eval = time.perf_counter()
@@ -561,12 +576,14 @@ def run_unlearning(cfg, ctx: WorkerContext, output_dir: str | Path | None, repor
                                              thresholds=thresholds)
                 timings["watch_eval_s"] += time.perf_counter() - t_eval
             metrics.update(evaluation)
+            previous = state.history[-1] if state.history else None  # the eval step before (step 0 first)
             state.history.append({"step": state.step, "loss": step_loss, **evaluation})
             score = selection_score(evaluation, state.original, tc)
             if score < state.best_score:
                 state.best_score, state.best_step = score, state.step
                 state.best_state = strategy.trainable_state() if tc.select == "best" else None
-            state.stopped = should_stop(evaluation, state.original, thresholds, cfg, state.step)
+            if state.step < steps:  # at the last step there is nothing left to save
+                state.stopped = should_stop(evaluation, state.original, thresholds, cfg, state.step, previous)
             log(f"step {state.step}: {_fmt(evaluation)}" + (f" -> stop: {state.stopped}" if state.stopped else ""))
         at_checkpoint = state.step % checkpoint_every == 0 or state.step == steps or state.stopped
         if at_checkpoint and reporter.keeps_checkpoints:
