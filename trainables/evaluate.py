@@ -330,8 +330,9 @@ def evaluation_key(cfg, seed: int) -> str:
 
     plain = cfg.to_dict()
     parts = {name: plain[name] for name in ("model", "data", "eval", "scaling")}
-    # The CPUs a worker holds set its threads, not its figures (a sweep evaluates its original
-    # on the idle CPUs of every trial slot, then reuses that report for trials that kept step 0).
+    # The CPUs a worker holds set its threads, not its figures (at most the float summation
+    # order: the demo's report is identical on one thread and two). A sweep evaluates its
+    # original on the idle CPUs of every trial slot and reuses it for trials that kept step 0.
     parts["scaling"] = {k: v for k, v in parts["scaling"].items() if k != "resources_per_worker"}
     return hashlib.sha256(json.dumps({**parts, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
