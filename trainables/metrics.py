@@ -708,6 +708,9 @@ def mauve_from_features(p, q, seed: int = 0, num_buckets="auto", mauve_scaling_f
     several k-means runs by inertia: one quantisation, not an average.)"""
     import mauve
 
+    seeds = int(kmeans_seeds)
+    if seeds < 1:
+        raise InputError(f"kmeans_seeds must be >= 1, got {kmeans_seeds}")
     p, q = np.asarray(p, dtype=np.float32), np.asarray(q, dtype=np.float32)
     if len(p) < 2 or len(q) < 2:
         raise InputError(f"MAUVE needs at least 2 texts per side, got {len(p)} and {len(q)}")
@@ -715,15 +718,12 @@ def mauve_from_features(p, q, seed: int = 0, num_buckets="auto", mauve_scaling_f
     if n < MAUVE_MIN_SAMPLES:
         warnings.warn(f"MAUVE on {n} samples per side (< {MAUVE_MIN_SAMPLES}): small samples bias it upward; "
                       "report the sample count with the value", SmallSampleWarning, stacklevel=2)
-    if int(kmeans_seeds) < 1:
-        raise InputError(f"kmeans_seeds must be >= 1, got {kmeans_seeds}")
     buckets = max(2, int(round(n / 10))) if num_buckets == "auto" else int(num_buckets)
     runs = [mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=seed + k, verbose=False,
                                 mauve_scaling_factor=mauve_scaling_factor, kmeans_num_redo=kmeans_num_redo,
-                                kmeans_max_iter=kmeans_max_iter) for k in range(int(kmeans_seeds))]
+                                kmeans_max_iter=kmeans_max_iter) for k in range(seeds)]
     return {"mauve": float(np.mean([r.mauve for r in runs])), "mauve_star": float(np.mean([r.mauve_star for r in runs])),
-            "samples": n, "samples_p": len(p), "samples_q": len(q), "num_buckets": buckets,
-            "kmeans_seeds": int(kmeans_seeds)}
+            "samples": n, "samples_p": len(p), "samples_q": len(q), "num_buckets": buckets, "kmeans_seeds": seeds}
 
 
 def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64,
