@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -46,10 +47,33 @@ BUCKET = "undial-e2e"
 LOOPBACK_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(*names: str) -> dict[str, int]:
+    """Distinct free ports, one per name, between Ray's worker ports (10002-19999) and the
+    kernel's ephemeral range: a port the kernel hands out for bind(0) is also where outgoing
+    connections (boto3's to moto, say) take their source ports, and one took an MLflow server's
+    port before it bound it (seen once in CI: "address already in use")."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    pick = random.Random(secrets.randbits(32))
+    held: list[socket.socket] = []
+    ports: dict[str, int] = {}
+    try:
+        while len(ports) < len(names):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", pick.randrange(20000, max(20001, low))))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)  # held until all are picked: no port twice
+            ports[names[len(ports)]] = s.getsockname()[1]
+    finally:
+        for s in held:
+            s.close()
+    return ports
 
 
 def _can_unshare() -> str | None:
@@ -166,7 +190,7 @@ def cluster(tmp_path_factory):
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     stage = Path(tempfile.mkdtemp(prefix="undial-e2e-", dir="/var/tmp"))  # bind points outside /tmp
     procs = Processes(root)
-    ports = {k: _free_port() for k in ("s3", "mlflow", "gcs", "dashboard", "client")}
+    ports = _free_ports("s3", "mlflow", "gcs", "dashboard", "client")
     s3 = f"http://127.0.0.1:{ports['s3']}"
     env = {k: v for k, v in os.environ.items() if k not in (LOOPBACK_FLAG, "RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -402,7 +426,7 @@ def s3(tmp_path_factory):
     if shutil.which("moto_server") is None:
         pytest.skip("moto_server is not installed (pip install -e '.[test]')")
     procs = Processes(tmp_path_factory.mktemp("moto"))
-    port = _free_port()
+    port = _free_ports("s3")["s3"]
     url = f"http://127.0.0.1:{port}"
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": url}
